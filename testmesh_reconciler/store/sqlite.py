@@ -1,0 +1,1139 @@
+"""The SQLite runtime store: one connection in one worker thread, with group commit.
+
+Async methods hand a job to the worker; the worker runs every job queued meanwhile in one
+transaction (each in a savepoint, so one failing job does not undo the others) and answers
+each caller only after the commit. Migrations are numbered SQL files in ``migrations/sqlite``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+from testmesh_reconciler.store.base import OutboxFor, StoreError
+from testmesh_reconciler.store.records import (
+    FINAL_RUN_STATUSES,
+    INTERRUPTED_ERROR,
+    REUSABLE_ENV_STATES,
+    RUN_STATUSES,
+    Delivery,
+    EnvironmentId,
+    EnvironmentInstance,
+    EnvironmentState,
+    GiveUp,
+    OutboxEntry,
+    OutboxId,
+    OutboxStats,
+    RecordResult,
+    RecoveryResult,
+    ReplicaInfo,
+    Run,
+    RunId,
+    isoformat,
+    plain,
+)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations" / "sqlite"
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+#: Keys of ``Run.status_report`` the store derives from the outbox (never stored as given).
+_DERIVED_REPORT_KEYS = ("statuses", "given_up")
+_MAX_PAGE = 1000
+
+
+# -- value codecs -----------------------------------------------------------------------
+
+
+def to_us(value: datetime) -> int:
+    """Microseconds since the epoch; naive datetimes are refused (all times are UTC-aware)."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: the store keeps timezone-aware UTC times")
+    return (value - _EPOCH) // _ONE_US
+
+
+def from_us(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(plain(value), separators=(",", ":"), ensure_ascii=False)
+
+
+Kind = Literal["v", "ts", "json", "optjson", "tuple", "bool"]
+
+
+def _encode(kind: Kind, value: Any) -> Any:
+    if kind == "v":
+        return value
+    if kind == "ts":
+        return None if value is None else to_us(value)
+    if kind == "bool":
+        return 1 if value else 0
+    if kind == "optjson" and value is None:
+        return None
+    return _dumps(value)
+
+
+def _decode(kind: Kind, value: Any) -> Any:
+    if kind == "v" or value is None:
+        return value
+    if kind == "ts":
+        return from_us(value)
+    if kind == "bool":
+        return bool(value)
+    if kind == "tuple":
+        return tuple(json.loads(value))
+    return json.loads(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Table(Generic[R]):
+    """A record class mapped onto a table, column by column (same names as the fields)."""
+
+    name: str
+    make: Callable[..., R]
+    columns: tuple[tuple[str, Kind], ...]
+
+    @property
+    def select(self) -> str:
+        return ", ".join(c for c, _ in self.columns)
+
+    @property
+    def insert(self) -> str:
+        marks = ", ".join("?" for _ in self.columns)
+        return f"INSERT INTO {self.name} ({self.select}) VALUES ({marks})"
+
+    def values(self, record: R) -> tuple[Any, ...]:
+        return tuple(_encode(k, getattr(record, c)) for c, k in self.columns)
+
+    def load(self, row: Sequence[Any]) -> R:
+        return self.make(**{c: _decode(k, v) for (c, k), v in zip(self.columns, row, strict=True)})
+
+
+DELIVERIES = _Table(
+    "deliveries",
+    Delivery,
+    (
+        ("id", "v"), ("source", "v"), ("integration", "v"), ("workspace", "v"),
+        ("event", "v"), ("action", "v"), ("repo", "v"), ("branch", "v"), ("sha", "v"),
+        ("app", "v"), ("pr_number", "v"), ("dedup_key", "v"), ("payload_digest", "v"),
+        ("received_at", "ts"), ("processed_at", "ts"), ("outcome", "v"), ("reason", "v"),
+        ("matched_rules", "tuple"), ("runs", "tuple"), ("http_status", "v"),
+    ),
+)  # fmt: skip
+RUNS = _Table(
+    "runs",
+    Run,
+    (
+        ("id", "v"), ("workspace", "v"), ("suite", "v"), ("suite_id", "v"), ("rule", "v"),
+        ("delivery_id", "v"), ("trigger_type", "v"), ("trigger", "json"),
+        ("variables", "json"), ("environment", "v"), ("status", "v"), ("serial_key", "v"),
+        ("revision", "v"), ("queued_at", "ts"), ("claimed_by", "v"), ("lease_until", "ts"),
+        ("started", "bool"), ("started_at", "ts"), ("completed_at", "ts"),
+        ("duration_ms", "v"), ("total_flows", "v"), ("passed_flows", "v"),
+        ("failed_flows", "v"), ("error", "v"), ("status_report", "json"),
+        ("report_target", "optjson"), ("flows", "tuple"), ("environment_instance", "v"),
+        ("trigger_ref", "v"),
+    ),
+)  # fmt: skip
+OUTBOX = _Table(
+    "outbox",
+    OutboxEntry,
+    (
+        ("id", "v"), ("run_id", "v"), ("seq", "v"), ("integration_workspace", "v"),
+        ("integration", "v"), ("repo", "v"), ("sha", "v"), ("context", "v"), ("state", "v"),
+        ("description", "v"), ("target_url", "v"), ("created_at", "ts"),
+        ("next_attempt_at", "ts"), ("attempts", "v"), ("last_error", "v"), ("outcome", "v"),
+        ("finished_at", "ts"),
+    ),
+)  # fmt: skip
+ENVIRONMENTS = _Table(
+    "environments",
+    EnvironmentInstance,
+    (
+        ("id", "v"), ("workspace", "v"), ("name", "v"), ("context", "v"), ("state", "v"),
+        ("provider", "v"), ("provider_app_name", "v"), ("namespace", "v"),
+        ("routing", "json"), ("ttl_minutes", "v"), ("created_at", "ts"),
+        ("last_used_at", "ts"), ("expires_at", "ts"), ("error", "v"), ("users", "v"),
+        ("teardown_requested", "bool"), ("owner", "v"), ("lock_until", "ts"),
+    ),
+)  # fmt: skip
+
+
+def _page_sql(
+    table: _Table[Any],
+    time_col: str,
+    filters: Iterable[tuple[str, object]],
+    before: str | None,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """Newest-first keyset page: ``before`` is the id of the previous page's last row."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in filters:
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if before is not None:
+        where.append(f"({time_col}, id) < (SELECT {time_col}, id FROM {table.name} WHERE id = ?)")
+        params.append(before)
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
+    params.append(max(1, min(limit, _MAX_PAGE)))
+    sql = (
+        f"SELECT {table.select} FROM {table.name} {clause}ORDER BY {time_col} DESC, id DESC LIMIT ?"
+    )
+    return sql, params
+
+
+def _split_statements(script: str) -> list[str]:
+    """Split a migration into statements (``executescript`` would commit on its own)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if not buffer and (not line.strip() or line.strip().startswith("--")):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        raise StoreError(f"migration ends inside a statement: {buffer.strip()[:80]!r}")
+    return statements
+
+
+def migrations(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, str]]:
+    """(version, name, SQL) of every migration file, in version order."""
+    found: list[tuple[int, str, str]] = []
+    for path in sorted(directory.iterdir()):
+        match = _MIGRATION_NAME.match(path.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), path.read_text("utf-8")))
+    versions = [v for v, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise StoreError(f"duplicate migration versions in {directory}")
+    return found
+
+
+# -- the worker -------------------------------------------------------------------------
+
+Mode = Literal["read", "write", "own"]
+
+
+class _Tx:
+    """Scratch state shared by the jobs of one transaction (a cached pending-run count)."""
+
+    __slots__ = ("queued",)
+
+    def __init__(self) -> None:
+        self.queued: int | None = None
+
+    def pending(self, conn: sqlite3.Connection) -> int:
+        if self.queued is None:
+            row = conn.execute("SELECT COUNT(*) FROM runs WHERE status = 'pending'").fetchone()
+            self.queued = int(row[0])
+        return self.queued
+
+
+Work = Callable[[sqlite3.Connection, _Tx], Any]
+
+
+@dataclass(slots=True)
+class _Job:
+    work: Work
+    mode: Mode
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+@dataclass(slots=True)
+class _Stop:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+Outcome = tuple[asyncio.Future[Any], bool, Any]
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    for future, ok, value in outcomes:
+        if future.done():  # the caller gave up waiting; the work is committed regardless
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _post(loop: asyncio.AbstractEventLoop, outcomes: list[Outcome]) -> None:
+    with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+        loop.call_soon_threadsafe(_settle, outcomes)
+
+
+class SqliteStore:
+    """The ``Store`` on a SQLite file (WAL, ``synchronous=NORMAL``, foreign keys on).
+
+    ``synchronous=NORMAL`` in WAL mode survives a killed process; ``"FULL"`` also survives
+    a power cut at some cost in commit latency. ``max_batch`` caps jobs per transaction.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 5000,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        max_batch: int = 1000,
+    ) -> None:
+        self.path = Path(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._synchronous = synchronous
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Job | _Stop] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start the worker thread, connect, and apply pending migrations."""
+        if self._thread is not None:
+            raise StoreError("the store is already open")
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._closing = False
+        self._thread = threading.Thread(
+            target=self._worker, args=(loop, ready), name=f"store:{self.path.name}", daemon=True
+        )
+        self._thread.start()
+        try:
+            await ready
+        except BaseException:
+            self._thread.join()
+            self._thread = None
+            raise
+        await self.migrate()
+
+    async def close(self) -> None:
+        """Commit every job already handed over, then close the connection."""
+        thread = self._thread
+        if thread is None or self._closing:
+            return
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._queue.put(_Stop(loop, done))
+        await done
+        thread.join()
+        self._thread = None
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(_ping, "read"))
+        except (StoreError, sqlite3.Error):
+            return False
+
+    async def migrate(self) -> list[int]:
+        return await self._call(_migrate, "own")
+
+    async def _call(self, work: Callable[[sqlite3.Connection, _Tx], T], mode: Mode) -> T:
+        if self._thread is None or self._closing:
+            raise StoreError("the store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(work, mode, loop, future))
+        return await future
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout_ms / 1000,
+            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+            cached_statements=256,
+        )
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _worker(self, loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except Exception as exc:
+            _post(loop, [(ready, False, StoreError(f"cannot open {self.path}: {exc}"))])
+            return
+        _post(loop, [(ready, True, None)])
+        stop: _Stop | None = None
+        try:
+            while stop is None:
+                item = self._queue.get()
+                batch: list[_Job] = []
+                while True:
+                    if isinstance(item, _Stop):
+                        stop = item
+                        break
+                    batch.append(item)
+                    if len(batch) >= self._max_batch:
+                        break
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                try:
+                    self._run(conn, batch)
+                except Exception as exc:  # a bug here must not leave callers waiting
+                    error = StoreError(f"store worker failed: {exc!r}")
+                    for job in batch:
+                        _post(job.loop, [(job.future, False, error)])
+        finally:
+            conn.close()
+            if stop is not None:
+                _post(stop.loop, [(stop.future, True, None)])
+
+    def _run(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        """Run consecutive read/write jobs as one group commit; ``own`` jobs alone."""
+        group: list[_Job] = []
+        for job in batch:
+            if job.mode == "own":
+                self._group(conn, group)
+                group = []
+                self._group(conn, [job], own=True)
+            else:
+                group.append(job)
+        self._group(conn, group)
+
+    def _group(self, conn: sqlite3.Connection, jobs: list[_Job], *, own: bool = False) -> None:
+        if not jobs:
+            return
+        tx = _Tx()
+        results: list[tuple[_Job, bool, Any]] = []
+        if own or all(job.mode == "read" for job in jobs):
+            for job in jobs:
+                try:
+                    results.append((job, True, job.work(conn, tx)))
+                except Exception as exc:
+                    if conn.in_transaction:
+                        conn.rollback()
+                    results.append((job, False, exc))
+        else:
+            results = self._transaction(conn, jobs, tx)
+        by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
+        for job, ok, value in results:
+            by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+        for loop, outcomes in by_loop.items():
+            _post(loop, outcomes)
+
+    def _transaction(
+        self, conn: sqlite3.Connection, jobs: list[_Job], tx: _Tx
+    ) -> list[tuple[_Job, bool, Any]]:
+        results: list[tuple[_Job, bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = job.work(conn, tx)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    tx.queued = None
+                    results.append((job, False, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    results.append((job, True, value))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            error = StoreError(f"transaction failed: {exc}")
+            error.__cause__ = exc
+            return [(job, False, error) for job in jobs]
+        return results
+
+    # -- deliveries ---------------------------------------------------------------------
+
+    async def record_delivery(
+        self,
+        delivery: Delivery,
+        runs: Sequence[Run],
+        *,
+        dedup_window_start: datetime,
+        max_queued: int,
+    ) -> RecordResult:
+        work = partial(
+            _record_delivery, delivery, tuple(runs), to_us(dedup_window_start), max_queued
+        )
+        return await self._call(work, "write")
+
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+        return await self._call(partial(_get, DELIVERIES, delivery_id), "read")
+
+    async def list_deliveries(
+        self,
+        *,
+        source: str | None = None,
+        repo: str | None = None,
+        outcome: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Delivery]:
+        filters = (("source", source), ("repo", repo), ("outcome", outcome))
+        sql, params = _page_sql(DELIVERIES, "received_at", filters, before, limit)
+        return await self._call(partial(_select, DELIVERIES, sql, params), "read")
+
+    # -- runs ---------------------------------------------------------------------------
+
+    async def enqueue_run(self, run: Run, *, max_queued: int) -> bool:
+        return await self._call(partial(_enqueue_run, run, max_queued), "write")
+
+    async def claim_run(self, replica: str, now: datetime, lease_seconds: float) -> Run | None:
+        work = partial(_claim_run, replica, to_us(now), _lease_us(now, lease_seconds))
+        return await self._call(work, "write")
+
+    async def heartbeat(
+        self, replica: str, run_ids: Sequence[RunId], now: datetime, lease_seconds: float
+    ) -> list[RunId]:
+        if not run_ids:
+            return []
+        work = partial(_heartbeat, replica, tuple(run_ids), _lease_us(now, lease_seconds))
+        return await self._call(work, "write")
+
+    async def mark_started(self, run_id: RunId, now: datetime) -> None:
+        sql = "UPDATE runs SET started = 1, started_at = COALESCE(started_at, ?) WHERE id = ?"
+        await self._call(partial(_execute, sql, (to_us(now), run_id)), "write")
+
+    async def save_progress(self, run: Run) -> bool:
+        return await self._call(partial(_save_progress, run), "write")
+
+    async def finish_run(self, run: Run, outbox: Sequence[OutboxEntry] = ()) -> bool:
+        if run.status not in FINAL_RUN_STATUSES:
+            raise ValueError(f"finish_run needs a final status, not {run.status!r}")
+        return await self._call(partial(_finish_run, run, tuple(outbox)), "write")
+
+    async def add_outbox(self, entries: Sequence[OutboxEntry]) -> None:
+        if entries:
+            await self._call(partial(_insert_many, OUTBOX, tuple(entries)), "write")
+
+    async def get_run(self, run_id: str) -> Run | None:
+        return await self._call(partial(_get_run, run_id), "read")
+
+    async def list_runs(
+        self,
+        *,
+        workspace: str | None = None,
+        suite: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[Run]:
+        filters = (("workspace", workspace), ("suite", suite), ("status", status))
+        sql, params = _page_sql(RUNS, "queued_at", filters, before, limit)
+        return await self._call(partial(_select_runs, sql, params), "read")
+
+    async def count_runs_by_status(self) -> dict[str, int]:
+        return await self._call(_count_runs_by_status, "read")
+
+    async def recover_expired(
+        self, now: datetime, *, replica: str | None = None, outbox_for: OutboxFor | None = None
+    ) -> RecoveryResult:
+        return await self._call(partial(_recover_expired, now, replica, outbox_for), "write")
+
+    # -- outbox -------------------------------------------------------------------------
+
+    async def due_statuses(self, now: datetime, limit: int = 100) -> list[OutboxEntry]:
+        return await self._call(partial(_select, OUTBOX, _DUE_SQL, [to_us(now), limit]), "read")
+
+    async def mark_sent(self, entry_id: OutboxId, now: datetime, outcome: str = "sent") -> None:
+        if outcome not in ("sent", "skipped"):
+            raise ValueError(f"mark_sent outcome must be 'sent' or 'skipped', not {outcome!r}")
+        bump = 1 if outcome == "sent" else 0
+        sql = (
+            "UPDATE outbox SET outcome = ?, finished_at = ?, attempts = attempts + ? "
+            "WHERE id = ? AND outcome = 'queued'"
+        )
+        await self._call(partial(_execute, sql, (outcome, to_us(now), bump, entry_id)), "write")
+
+    async def reschedule(
+        self, entry_id: OutboxId, next_attempt_at: datetime, attempts: int, last_error: str
+    ) -> None:
+        sql = (
+            "UPDATE outbox SET next_attempt_at = ?, attempts = ?, last_error = ? "
+            "WHERE id = ? AND outcome = 'queued'"
+        )
+        params = (to_us(next_attempt_at), attempts, last_error, entry_id)
+        await self._call(partial(_execute, sql, params), "write")
+
+    async def give_up(self, entry_id: OutboxId, now: datetime, reason: str) -> None:
+        sql = (
+            "UPDATE outbox SET outcome = 'given_up', finished_at = ?, last_error = ? "
+            "WHERE id = ? AND outcome = 'queued'"
+        )
+        await self._call(partial(_execute, sql, (to_us(now), reason, entry_id)), "write")
+
+    async def outbox_stats(self) -> OutboxStats:
+        return await self._call(_outbox_stats, "read")
+
+    async def get_outbox(self, run_id: RunId) -> list[OutboxEntry]:
+        sql = f"SELECT {OUTBOX.select} FROM outbox WHERE run_id = ? ORDER BY created_at, seq, rowid"
+        return await self._call(partial(_select, OUTBOX, sql, [run_id]), "read")
+
+    # -- environments -------------------------------------------------------------------
+
+    async def get_environment(self, env_id: str) -> EnvironmentInstance | None:
+        return await self._call(partial(_get, ENVIRONMENTS, env_id), "read")
+
+    async def list_environments(
+        self, *, state: str | None = None, limit: int = 100, before: str | None = None
+    ) -> list[EnvironmentInstance]:
+        sql, params = _page_sql(ENVIRONMENTS, "created_at", (("state", state),), before, limit)
+        return await self._call(partial(_select, ENVIRONMENTS, sql, params), "read")
+
+    async def find_reusable(
+        self, workspace: str, name: str, context: str
+    ) -> EnvironmentInstance | None:
+        marks = ", ".join("?" for _ in REUSABLE_ENV_STATES)
+        sql = (
+            f"SELECT {ENVIRONMENTS.select} FROM environments WHERE workspace = ? AND name = ? "
+            f"AND context = ? AND state IN ({marks}) AND teardown_requested = 0 "
+            "ORDER BY created_at DESC LIMIT 1"
+        )
+        params = [workspace, name, context, *REUSABLE_ENV_STATES]
+        found = await self._call(partial(_select, ENVIRONMENTS, sql, params), "read")
+        return found[0] if found else None
+
+    async def insert_environment(self, env: EnvironmentInstance) -> bool:
+        return await self._call(partial(_insert_environment, env), "write")
+
+    async def update_environment(
+        self, env: EnvironmentInstance, *, expect_state: EnvironmentState | None = None
+    ) -> bool:
+        return await self._call(partial(_update_environment, env, expect_state), "write")
+
+    async def adjust_environment_users(
+        self, env_id: EnvironmentId, delta: int, now: datetime
+    ) -> EnvironmentInstance | None:
+        sql = (
+            "UPDATE environments SET users = MAX(0, users + ?), last_used_at = ?, "
+            "expires_at = ? + CAST(ttl_minutes * 60000000 AS INTEGER) WHERE id = ? "
+            f"RETURNING {ENVIRONMENTS.select}"
+        )
+        now_us = to_us(now)
+        found = await self._call(
+            partial(_select, ENVIRONMENTS, sql, [delta, now_us, now_us, env_id]), "write"
+        )
+        return found[0] if found else None
+
+    async def lock_environment(
+        self, env_id: EnvironmentId, owner: str, now: datetime, lease_seconds: float
+    ) -> bool:
+        sql = (
+            "UPDATE environments SET owner = ?, lock_until = ? WHERE id = ? AND "
+            "(owner IS NULL OR owner = ? OR lock_until IS NULL OR lock_until < ?)"
+        )
+        params = (owner, _lease_us(now, lease_seconds), env_id, owner, to_us(now))
+        return bool(await self._call(partial(_execute, sql, params), "write"))
+
+    async def expired_environments(self, now: datetime) -> list[EnvironmentInstance]:
+        sql = (
+            f"SELECT {ENVIRONMENTS.select} FROM environments WHERE state IN ('warm', 'cooling') "
+            "AND expires_at <= ? AND users = 0 ORDER BY expires_at, id"
+        )
+        return await self._call(partial(_select, ENVIRONMENTS, sql, [to_us(now)]), "read")
+
+    async def environments_to_teardown(self) -> list[EnvironmentInstance]:
+        sql = (
+            f"SELECT {ENVIRONMENTS.select} FROM environments WHERE teardown_requested = 1 "
+            "AND state <> 'destroyed' ORDER BY created_at, id"
+        )
+        return await self._call(partial(_select, ENVIRONMENTS, sql, []), "read")
+
+    # -- replicas -----------------------------------------------------------------------
+
+    async def heartbeat_replica(self, name: str, revision: str | None, now: datetime) -> None:
+        sql = (
+            "INSERT INTO replicas (name, revision, seen_at) VALUES (?, ?, ?) ON CONFLICT (name) "
+            "DO UPDATE SET revision = excluded.revision, seen_at = excluded.seen_at"
+        )
+        await self._call(partial(_execute, sql, (name, revision, to_us(now))), "write")
+
+    async def list_replicas(self, since: datetime) -> list[ReplicaInfo]:
+        return await self._call(partial(_list_replicas, to_us(since)), "read")
+
+
+# -- jobs (run in the worker thread) ----------------------------------------------------
+
+
+def _lease_us(now: datetime, lease_seconds: float) -> int:
+    return to_us(now + timedelta(seconds=lease_seconds))
+
+
+def _ping(conn: sqlite3.Connection, tx: _Tx) -> bool:
+    return bool(conn.execute("SELECT 1").fetchone() == (1,))
+
+
+def _execute(sql: str, params: Sequence[Any], conn: sqlite3.Connection, tx: _Tx) -> int:
+    """Run one statement; the number of rows it changed."""
+    return conn.execute(sql, params).rowcount
+
+
+def _select(
+    table: _Table[R], sql: str, params: Sequence[Any], conn: sqlite3.Connection, tx: _Tx
+) -> list[R]:
+    return [table.load(row) for row in conn.execute(sql, params).fetchall()]
+
+
+def _get(table: _Table[R], record_id: str, conn: sqlite3.Connection, tx: _Tx) -> R | None:
+    row = conn.execute(
+        f"SELECT {table.select} FROM {table.name} WHERE id = ?", (record_id,)
+    ).fetchone()
+    return None if row is None else table.load(row)
+
+
+def _insert_many(table: _Table[R], records: Sequence[R], conn: sqlite3.Connection, tx: _Tx) -> None:
+    conn.executemany(table.insert, [table.values(r) for r in records])
+
+
+def _migrate(conn: sqlite3.Connection, tx: _Tx) -> list[int]:
+    """Apply each missing migration in its own ``BEGIN IMMEDIATE`` transaction."""
+    applied: list[int] = []
+    for version, name, sql in migrations():
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                "name TEXT NOT NULL, applied_at TEXT NOT NULL "
+                "DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))"
+            )
+            done = conn.execute(
+                "SELECT 1 FROM schema_migrations WHERE version = ?", (version,)
+            ).fetchone()
+            if done is None:
+                for statement in _split_statements(sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (version, name)
+                )
+                applied.append(version)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return applied
+
+
+def _strip_report(report: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k not in _DERIVED_REPORT_KEYS}
+
+
+def _run_values(run: Run) -> tuple[Any, ...]:
+    return RUNS.values(replace(run, status_report=_strip_report(run.status_report)))
+
+
+def _attach_reports(conn: sqlite3.Connection, runs: list[Run]) -> list[Run]:
+    """Add what the outbox did to each run's ``status_report`` (derived, never stored)."""
+    if not runs:
+        return runs
+    marks = ", ".join("?" for _ in runs)
+    sql = (
+        f"SELECT {OUTBOX.select} FROM outbox WHERE run_id IN ({marks}) "
+        "ORDER BY created_at, seq, rowid"
+    )
+    per_run: dict[str, list[OutboxEntry]] = {}
+    for row in conn.execute(sql, [r.id for r in runs]).fetchall():
+        entry = OUTBOX.load(row)
+        per_run.setdefault(entry.run_id, []).append(entry)
+    result: list[Run] = []
+    for run in runs:
+        entries = per_run.get(run.id)
+        if not entries:
+            result.append(run)
+            continue
+        report = dict(run.status_report)
+        report["statuses"] = [_status_summary(e) for e in entries]
+        given_up = [e for e in entries if e.outcome == "given_up"]
+        if given_up:
+            last = given_up[-1]
+            report["given_up"] = {
+                "state": last.state,
+                "at": isoformat(last.finished_at),
+                "reason": last.last_error,
+            }
+        result.append(replace(run, status_report=report))
+    return result
+
+
+def _status_summary(entry: OutboxEntry) -> dict[str, Any]:
+    return {
+        "state": entry.state,
+        "context": entry.context,
+        "repo": entry.repo,
+        "sha": entry.sha,
+        "description": entry.description,
+        "target_url": entry.target_url,
+        "outcome": entry.outcome,
+        "attempts": entry.attempts,
+        "last_error": entry.last_error,
+        "at": isoformat(entry.finished_at),
+    }
+
+
+def _record_delivery(
+    delivery: Delivery,
+    runs: tuple[Run, ...],
+    window_start_us: int,
+    max_queued: int,
+    conn: sqlite3.Connection,
+    tx: _Tx,
+) -> RecordResult:
+    if delivery.outcome != "accepted":
+        if runs:
+            raise ValueError(f"a delivery with outcome {delivery.outcome!r} starts no runs")
+        conn.execute(DELIVERIES.insert, DELIVERIES.values(delivery))
+        return RecordResult(delivery=delivery)
+
+    received_us = to_us(delivery.received_at)
+    key = delivery.dedup_key
+    if key:
+        row = conn.execute(
+            "SELECT d.id, d.runs FROM dedup_keys k JOIN deliveries d ON d.id = k.delivery_id "
+            "WHERE k.key = ? AND k.received_at >= ?",
+            (key, window_start_us),
+        ).fetchone()
+        if row is not None:
+            original_runs: tuple[RunId, ...] = tuple(json.loads(row[1]))
+            stored = replace(
+                delivery,
+                outcome="duplicate",
+                reason=f"duplicate of delivery {row[0]}",
+                runs=original_runs,
+            )
+            conn.execute(DELIVERIES.insert, DELIVERIES.values(stored))
+            return RecordResult(
+                delivery=stored, run_ids=original_runs, duplicate=True, duplicate_of=row[0]
+            )
+
+    superseded: list[tuple[RunId, Run]] = []
+    for run in runs:
+        if run.serial_key:
+            for (old_id,) in conn.execute(
+                "SELECT id FROM runs WHERE serial_key = ? AND status = 'pending' "
+                "AND claimed_by IS NULL AND queued_at <= ? ORDER BY queued_at, id",
+                (run.serial_key, to_us(run.queued_at)),
+            ).fetchall():
+                superseded.append((old_id, run))
+
+    queued = tx.pending(conn)
+    if queued - len(superseded) + len(runs) > max_queued:
+        stored = replace(
+            delivery, outcome="rejected", reason="queue full", runs=(), http_status=429
+        )
+        conn.execute(DELIVERIES.insert, DELIVERIES.values(stored))
+        return RecordResult(delivery=stored, rejected="queue full")
+
+    run_ids = tuple(r.id for r in runs)
+    stored = replace(delivery, runs=run_ids)
+    conn.execute(DELIVERIES.insert, DELIVERIES.values(stored))
+    if key:
+        claimed = conn.execute(
+            "INSERT INTO dedup_keys (key, delivery_id, received_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET delivery_id = excluded.delivery_id, "
+            "received_at = excluded.received_at WHERE dedup_keys.received_at < ?",
+            (key, delivery.id, received_us, window_start_us),
+        ).rowcount
+        if claimed != 1:  # cannot happen with one writer; PostgreSQL relies on it
+            raise StoreError(f"dedup key {key!r} was taken concurrently")
+    conn.executemany(
+        RUNS.insert,
+        [
+            _run_values(
+                replace(
+                    r, status="pending", claimed_by=None, lease_until=None, delivery_id=delivery.id
+                )
+            )
+            for r in runs
+        ],
+    )
+    for old_id, new in superseded:
+        conn.execute(
+            "UPDATE runs SET status = 'cancelled', error = ?, completed_at = ? "
+            "WHERE id = ? AND status = 'pending'",
+            (f"superseded by run {new.id} (sha {new.short_sha})", to_us(new.queued_at), old_id),
+        )
+    tx.queued = queued - len(superseded) + len(runs)
+    return RecordResult(
+        delivery=stored, run_ids=run_ids, superseded=tuple(old for old, _ in superseded)
+    )
+
+
+def _enqueue_run(run: Run, max_queued: int, conn: sqlite3.Connection, tx: _Tx) -> bool:
+    queued = tx.pending(conn)
+    if queued + 1 > max_queued:
+        return False
+    conn.execute(RUNS.insert, _run_values(replace(run, status="pending", claimed_by=None)))
+    tx.queued = queued + 1
+    return True
+
+
+_CLAIM_SQL = f"""
+SELECT {RUNS.select} FROM runs AS r
+WHERE r.status = 'pending'
+  AND (r.serial_key = '' OR NOT EXISTS (
+        SELECT 1 FROM runs AS x
+        WHERE x.serial_key <> '' AND x.serial_key = r.serial_key AND x.status = 'running'))
+ORDER BY r.queued_at, r.id
+LIMIT 1
+"""
+
+
+def _claim_run(
+    replica: str, now_us: int, lease_us: int, conn: sqlite3.Connection, tx: _Tx
+) -> Run | None:
+    row = conn.execute(_CLAIM_SQL).fetchone()
+    if row is None:
+        return None
+    run = RUNS.load(row)
+    conn.execute(
+        "UPDATE runs SET status = 'running', claimed_by = ?, lease_until = ?, "
+        "started_at = COALESCE(started_at, ?) WHERE id = ? AND status = 'pending'",
+        (replica, lease_us, now_us, run.id),
+    )
+    if tx.queued is not None:
+        tx.queued -= 1
+    claimed = replace(
+        run,
+        status="running",
+        claimed_by=replica,
+        lease_until=from_us(lease_us),
+        started_at=run.started_at or from_us(now_us),
+    )
+    return _attach_reports(conn, [claimed])[0]
+
+
+def _heartbeat(
+    replica: str, run_ids: tuple[RunId, ...], lease_us: int, conn: sqlite3.Connection, tx: _Tx
+) -> list[RunId]:
+    marks = ", ".join("?" for _ in run_ids)
+    rows = conn.execute(
+        f"UPDATE runs SET lease_until = ? WHERE claimed_by = ? AND status = 'running' "
+        f"AND id IN ({marks}) RETURNING id",
+        (lease_us, replica, *run_ids),
+    ).fetchall()
+    return [RunId(r[0]) for r in rows]
+
+
+def _save_progress(run: Run, conn: sqlite3.Connection, tx: _Tx) -> bool:
+    values = (
+        _dumps(run.flows),
+        run.total_flows,
+        run.passed_flows,
+        run.failed_flows,
+        run.environment,
+        run.environment_instance,
+        _dumps(_strip_report(run.status_report)),
+        _encode("optjson", run.report_target),
+        run.id,
+        run.claimed_by,
+    )
+    changed = conn.execute(
+        "UPDATE runs SET flows = ?, total_flows = ?, passed_flows = ?, failed_flows = ?, "
+        "environment = ?, environment_instance = ?, status_report = ?, report_target = ? "
+        "WHERE id = ? AND status = 'running' AND claimed_by IS ?",
+        values,
+    ).rowcount
+    return changed == 1
+
+
+def _finish_run(
+    run: Run, outbox: tuple[OutboxEntry, ...], conn: sqlite3.Connection, tx: _Tx
+) -> bool:
+    values = (
+        run.status,
+        _encode("ts", run.completed_at),
+        run.duration_ms,
+        run.total_flows,
+        run.passed_flows,
+        run.failed_flows,
+        run.error,
+        _dumps(_strip_report(run.status_report)),
+        _encode("optjson", run.report_target),
+        _dumps(run.flows),
+        run.environment,
+        run.environment_instance,
+        1 if run.started else 0,
+        _encode("ts", run.started_at),
+        run.id,
+        run.claimed_by,
+    )
+    changed = conn.execute(
+        "UPDATE runs SET status = ?, completed_at = ?, duration_ms = ?, total_flows = ?, "
+        "passed_flows = ?, failed_flows = ?, error = ?, status_report = ?, report_target = ?, "
+        "flows = ?, environment = ?, environment_instance = ?, started = MAX(started, ?), "
+        "started_at = COALESCE(started_at, ?), lease_until = NULL "
+        "WHERE id = ? AND status IN ('pending', 'running') AND claimed_by IS ?",
+        values,
+    ).rowcount
+    tx.queued = None
+    if changed != 1:
+        return False
+    if outbox:
+        conn.executemany(OUTBOX.insert, [OUTBOX.values(e) for e in outbox])
+    return True
+
+
+def _get_run(run_id: str, conn: sqlite3.Connection, tx: _Tx) -> Run | None:
+    run = _get(RUNS, run_id, conn, tx)
+    return None if run is None else _attach_reports(conn, [run])[0]
+
+
+def _select_runs(sql: str, params: Sequence[Any], conn: sqlite3.Connection, tx: _Tx) -> list[Run]:
+    return _attach_reports(conn, _select(RUNS, sql, params, conn, tx))
+
+
+def _count_runs_by_status(conn: sqlite3.Connection, tx: _Tx) -> dict[str, int]:
+    counts: dict[str, int] = dict.fromkeys(RUN_STATUSES, 0)
+    for status, count in conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status"):
+        counts[status] = count
+    return counts
+
+
+def _recover_expired(
+    now: datetime,
+    replica: str | None,
+    outbox_for: OutboxFor | None,
+    conn: sqlite3.Connection,
+    tx: _Tx,
+) -> RecoveryResult:
+    now_us = to_us(now)
+    rows = conn.execute(
+        f"SELECT {RUNS.select} FROM runs WHERE status = 'running' "
+        "AND (lease_until < ? OR claimed_by = ?) ORDER BY queued_at, id",
+        (now_us, replica),
+    ).fetchall()
+    interrupted: list[Run] = []
+    requeued: list[RunId] = []
+    for row in rows:
+        run = RUNS.load(row)
+        if run.started:
+            duration = None if run.started_at is None else (now - run.started_at) // _ONE_US // 1000
+            conn.execute(
+                "UPDATE runs SET status = 'failed', error = ?, completed_at = ?, "
+                "duration_ms = ?, lease_until = NULL WHERE id = ?",
+                (INTERRUPTED_ERROR, now_us, duration, run.id),
+            )
+            failed = replace(
+                run,
+                status="failed",
+                error=INTERRUPTED_ERROR,
+                completed_at=now,
+                duration_ms=duration,
+                lease_until=None,
+            )
+            if outbox_for is not None:
+                entries = list(outbox_for(failed))
+                if entries:
+                    conn.executemany(OUTBOX.insert, [OUTBOX.values(e) for e in entries])
+            interrupted.append(failed)
+        else:
+            conn.execute(
+                "UPDATE runs SET status = 'pending', claimed_by = NULL, lease_until = NULL, "
+                "started_at = NULL WHERE id = ?",
+                (run.id,),
+            )
+            requeued.append(run.id)
+    tx.queued = None
+    return RecoveryResult(
+        interrupted=tuple(_attach_reports(conn, interrupted)), requeued=tuple(requeued)
+    )
+
+
+# The oldest queued entry of each (repo, sha, context) group, and only once it is due: a
+# final state never overtakes the pending one of the same commit and context.
+_DUE_SQL = f"""
+SELECT {OUTBOX.select} FROM outbox AS o
+WHERE o.outcome = 'queued' AND o.next_attempt_at <= ?
+  AND NOT EXISTS (
+        SELECT 1 FROM outbox AS p
+        WHERE p.outcome = 'queued' AND p.repo = o.repo AND p.sha = o.sha
+          AND p.context = o.context
+          AND (p.created_at, p.seq, p.rowid) < (o.created_at, o.seq, o.rowid))
+ORDER BY o.next_attempt_at, o.created_at, o.seq
+LIMIT ?
+"""
+
+
+def _outbox_stats(conn: sqlite3.Connection, tx: _Tx) -> OutboxStats:
+    queued, given_up = conn.execute(
+        "SELECT COALESCE(SUM(outcome = 'queued'), 0), COALESCE(SUM(outcome = 'given_up'), 0) "
+        "FROM outbox WHERE outcome IN ('queued', 'given_up')"
+    ).fetchone()
+    row = conn.execute(
+        "SELECT finished_at, last_error, run_id FROM outbox WHERE outcome = 'given_up' "
+        "ORDER BY finished_at DESC LIMIT 1"
+    ).fetchone()
+    last = None
+    if row is not None:
+        last = GiveUp(at=from_us(row[0]), reason=row[1] or "", run_id=RunId(row[2]))
+    return OutboxStats(queued=int(queued), given_up=int(given_up), last_give_up=last)
+
+
+def _insert_environment(env: EnvironmentInstance, conn: sqlite3.Connection, tx: _Tx) -> bool:
+    try:
+        conn.execute(ENVIRONMENTS.insert, ENVIRONMENTS.values(env))
+    except sqlite3.IntegrityError:
+        return False
+    return True
+
+
+def _update_environment(
+    env: EnvironmentInstance,
+    expect_state: EnvironmentState | None,
+    conn: sqlite3.Connection,
+    tx: _Tx,
+) -> bool:
+    columns = [c for c, _ in ENVIRONMENTS.columns if c != "id"]
+    values = [
+        v
+        for (c, _), v in zip(ENVIRONMENTS.columns, ENVIRONMENTS.values(env), strict=True)
+        if c != "id"
+    ]
+    sql = f"UPDATE environments SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?"
+    values.append(env.id)
+    if expect_state is not None:
+        sql += " AND state = ?"
+        values.append(expect_state)
+    try:
+        return conn.execute(sql, values).rowcount == 1
+    except sqlite3.IntegrityError:  # another live instance holds the reuse key
+        return False
+
+
+def _list_replicas(since_us: int, conn: sqlite3.Connection, tx: _Tx) -> list[ReplicaInfo]:
+    rows = conn.execute(
+        "SELECT name, revision, seen_at FROM replicas WHERE seen_at >= ? ORDER BY name",
+        (since_us,),
+    ).fetchall()
+    return [ReplicaInfo(name=n, revision=r, seen_at=from_us(s)) for n, r, s in rows]

@@ -1,0 +1,1 @@
+"""Test doubles and builders for the external systems (Gitea, Argo CD)."""
