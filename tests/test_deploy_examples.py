@@ -8,6 +8,7 @@ Kubernetes and Argo CD schemas; security and wiring rules are asserted on the re
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import importlib.util
 import json
@@ -528,6 +529,34 @@ def test_design_env_var_constant_matches_design(shared_dir: Path) -> None:
         pytest.skip("DESIGN.md not beside the contracts")
     documented = set(re.findall(r"`(TESTMESH_[A-Z0-9_]+)`", design.read_text()))
     assert documented >= DESIGN_ENV_VARS, sorted(DESIGN_ENV_VARS - documented)
+
+
+@pytest.mark.parametrize("variant", ["base", "overlay"])
+def test_daemon_settings_accept_the_manifest_env(variant: str, request: Any) -> None:
+    """The env the manifests give the container parses with the daemon's own settings code
+    (Secret values replaced by placeholders)."""
+    settings = pytest.importorskip("testmesh_reconciler.settings")
+    if not hasattr(settings, "settings_from"):
+        pytest.skip("testmesh_reconciler.settings has no settings_from yet")
+    docs = request.getfixturevalue(f"{variant}_docs")
+    env = effective_env(main_container(docs), docs)
+    environ = {}
+    for name, (source, value) in env.items():
+        if source == "secret":
+            value = "postgresql://u:p@db:5432/testmesh" if "DATABASE_URL" in name else "placeholder"
+        environ[name] = str(value)
+    flags = {spec.env for spec in settings.SERVE_FLAGS}
+    assert set(environ) <= flags, sorted(set(environ) - flags)
+    parsed = settings.settings_from(argparse.Namespace(), environ, hostname=lambda: "pod")
+    assert parsed.listen_port == PORT
+    assert str(parsed.data_dir) == "/var/lib/testmesh"
+    assert parsed.path == ""
+    assert parsed.public_url_defaulted is False
+    assert parsed.private_key_files == ("/etc/testmesh/private-key/private-key",)
+    assert parsed.config_repo_token_file == "/etc/testmesh/config-repo/token"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] >= parsed.grace_period + OUTBOX_FLUSH_ALLOWANCE
+    assert (parsed.database_url is not None) == (variant == "overlay")
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")

@@ -80,8 +80,8 @@ def rs_errors(name: str, doc: Any) -> list[str]:
 
 
 def walk(node: Any, pointer: str = "#") -> Iterator[tuple[str, Any]]:
-    """Every (JSON pointer, subschema) of a schema, ``if`` conditions left out (they only
-    discriminate, editors never show them)."""
+    """Every (JSON pointer, subschema) of a schema. ``if`` conditions are left out (they
+    only discriminate; editors never show them), and so are literal values."""
     yield pointer, node
     if isinstance(node, dict):
         for key, value in node.items():

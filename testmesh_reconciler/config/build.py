@@ -10,6 +10,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from testmesh_reconciler.config.durations import parse_duration
@@ -67,7 +68,9 @@ def build_declaration(kind: str, doc: dict[str, Any], source: Source,
     meta = metadata_of(doc)
     oid = object_id(kind, meta.workspace, meta.name)
     spec: dict[str, Any] = doc["spec"]
-    frozen_doc: FrozenDict[str, Any] = freeze(doc)
+    # Read-only view of the parsed document (for plans and the config API); the typed
+    # fields below are the frozen copies everything else reads.
+    frozen_doc: Mapping[str, Any] = MappingProxyType(doc)
     notes: list[Note] = []
     obj: Declaration
     if kind == "Integration":
@@ -85,7 +88,7 @@ def build_declaration(kind: str, doc: dict[str, Any], source: Source,
 
 
 def _integration(oid: uuid.UUID, meta: Metadata, source: Source, spec: dict[str, Any],
-                 doc: FrozenDict[str, Any], notes: list[Note]) -> Integration:
+                 doc: Mapping[str, Any], notes: list[Note]) -> Integration:
     config = spec.get("config") or {}
     app_filter = str(config.get("app_filter") or "")
     if app_filter:
@@ -107,7 +110,7 @@ def _integration(oid: uuid.UUID, meta: Metadata, source: Source, spec: dict[str,
 
 
 def _rule(oid: uuid.UUID, meta: Metadata, source: Source, spec: dict[str, Any],
-          doc: FrozenDict[str, Any], notes: list[Note]) -> TriggerRule:
+          doc: Mapping[str, Any], notes: list[Note]) -> TriggerRule:
     branch_filter = spec.get("branch_filter", "*")
     compiled = compile_glob(branch_filter)
     if isinstance(compiled, GlobError):
@@ -133,7 +136,7 @@ def _rule(oid: uuid.UUID, meta: Metadata, source: Source, spec: dict[str, Any],
 
 
 def _suite(oid: uuid.UUID, meta: Metadata, source: Source, spec: dict[str, Any],
-           doc: FrozenDict[str, Any]) -> Suite:
+           doc: Mapping[str, Any]) -> Suite:
     flows = tuple(
         SuiteFlow(order=int(f.get("order", 0)), parallel=bool(f.get("parallel", False)),
                   flow=f.get("flow"), path=f.get("path"))
@@ -147,7 +150,7 @@ def _suite(oid: uuid.UUID, meta: Metadata, source: Source, spec: dict[str, Any],
 
 
 def _environment(oid: uuid.UUID, meta: Metadata, source: Source, spec: dict[str, Any],
-                 doc: FrozenDict[str, Any]) -> TestEnvironment:
+                 doc: Mapping[str, Any]) -> TestEnvironment:
     application = spec.get("application")
     return TestEnvironment(
         id=oid, metadata=meta, source=source, provider=str(spec["provider"]),

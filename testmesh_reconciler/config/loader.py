@@ -13,9 +13,7 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-from jsonschema.exceptions import ValidationError, best_match
+from typing import TYPE_CHECKING, Any
 
 from testmesh_reconciler.config import semantic
 from testmesh_reconciler.config.build import (
@@ -42,6 +40,9 @@ from testmesh_reconciler.config.pending import Entry, Pending
 from testmesh_reconciler.config.problems import Problem, json_path, sort_problems
 from testmesh_reconciler.config.schemas import SchemaSet, default_schemas
 from testmesh_reconciler.config.yamlio import Document, NodeIndex, load_documents
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
 #: Opens one declared secret: the value, ``None`` (checked but not opened: validate
 #: without a private key), or a problem message. Injected by the shell.
@@ -278,6 +279,8 @@ def _explain_one(err: ValidationError, owner: tuple[str, str]) -> list[Note]:
     if _is_secret_path(path):
         return [_secret_note(path, err.instance, owner)]
     if err.validator in ("oneOf", "anyOf") and err.context:
+        from jsonschema.exceptions import best_match
+
         best = best_match(err.context)
         if best is not None:
             return _explain_one(best, owner)

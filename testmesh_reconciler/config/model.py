@@ -137,7 +137,7 @@ class Integration:
     require_webhook_secret: bool
     config: FrozenDict[str, Any]
     secrets: FrozenDict[str, SecretRef]
-    document: FrozenDict[str, Any] = field(repr=False, compare=False)
+    document: Mapping[str, Any] = field(repr=False, compare=False)
 
     kind = "Integration"
 
@@ -183,7 +183,7 @@ class TriggerRule:
     variables: FrozenDict[str, Any]
     report: ReportTarget
     enabled: bool
-    document: FrozenDict[str, Any] = field(repr=False, compare=False)
+    document: Mapping[str, Any] = field(repr=False, compare=False)
 
     kind = "TriggerRule"
 
@@ -262,7 +262,7 @@ class Flow:
     metadata: Metadata
     source: Source
     definition: FlowDefinition
-    document: FrozenDict[str, Any] = field(repr=False, compare=False)
+    document: Mapping[str, Any] = field(repr=False, compare=False)
 
     kind = "Flow"
 
@@ -298,7 +298,7 @@ class Suite:
     tags: tuple[str, ...]
     variables: FrozenDict[str, Any]
     flows: tuple[SuiteFlow, ...]
-    document: FrozenDict[str, Any] = field(repr=False, compare=False)
+    document: Mapping[str, Any] = field(repr=False, compare=False)
 
     kind = "Suite"
 
@@ -330,7 +330,7 @@ class TestEnvironment:
     application: FrozenDict[str, Any] | None
     services: tuple[FrozenDict[str, Any], ...]
     routing_policy: FrozenDict[str, str]
-    document: FrozenDict[str, Any] = field(repr=False, compare=False)
+    document: Mapping[str, Any] = field(repr=False, compare=False)
 
     kind = "TestEnvironment"
     __test__ = False

@@ -12,12 +12,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import jsonschema_rs
-from jsonschema.exceptions import ValidationError
-from referencing import Registry, Resource
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
 SCHEMA_FILES: Mapping[str, str] = {
     "Integration": "integration.json",
@@ -38,21 +38,30 @@ def schema_dir() -> Path:
     raise FileNotFoundError(f"schemas not found next to {here}")
 
 
-@dataclass(frozen=True, slots=True)
 class KindSchema:
-    name: str
-    schema: Mapping[str, Any]
-    fast: Any  # jsonschema_rs validator
-    slow: jsonschema.protocols.Validator
+    """One kind's schema: a fast yes/no check, and a detailed explainer built on demand
+    (importing and compiling Python jsonschema costs ~50 ms a valid load never needs)."""
+
+    __slots__ = ("_documents", "_slow", "fast", "name", "schema")
+
+    def __init__(self, name: str, schema: dict[str, Any], fast: Any,
+                 documents: Mapping[str, Mapping[str, Any]]) -> None:
+        self.name = name
+        self.schema = schema
+        self.fast = fast  # jsonschema_rs validator
+        self._documents = documents
+        self._slow: Any = None
 
     def is_valid(self, document: Any) -> bool:
         try:
             return bool(self.fast.is_valid(document))
         except (ValueError, TypeError, OverflowError):  # not JSON-like (dates, huge ints)
-            return not any(True for _ in self.slow.iter_errors(document))
+            return not any(True for _ in self.errors(document))
 
     def errors(self, document: Any) -> Iterator[ValidationError]:
-        yield from self.slow.iter_errors(document)
+        if self._slow is None:
+            self._slow = _python_validator(self.schema, self._documents)
+        yield from self._slow.iter_errors(document)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,18 +82,24 @@ def build_schema_set(documents: Mapping[str, Mapping[str, Any]]) -> SchemaSet:
     """Compile every kind's schema with all files registered by ``$id`` (cross-file refs)."""
     resources: list[tuple[str, dict[str, Any]]] = [
         (str(doc["$id"]), dict(doc)) for doc in documents.values()]
-    py_registry: Registry[Any] = Registry().with_resources(
-        (uri, Resource.from_contents(doc)) for uri, doc in resources
-    )
     rs_registry = jsonschema_rs.Registry(resources)
     kinds: dict[str, KindSchema] = {}
     for kind, file_name in SCHEMA_FILES.items():
         schema = dict(documents[file_name])
-        cls = jsonschema.validators.validator_for(schema)
-        slow = cls(schema, registry=py_registry)
         fast = jsonschema_rs.validator_for(schema, registry=rs_registry)
-        kinds[kind] = KindSchema(kind, schema, fast, slow)
+        kinds[kind] = KindSchema(kind, schema, fast, documents)
     return SchemaSet(kinds)
+
+
+def _python_validator(schema: dict[str, Any], documents: Mapping[str, Mapping[str, Any]]
+                      ) -> Any:
+    import jsonschema
+    from referencing import Registry, Resource
+
+    registry: Registry[Any] = Registry().with_resources(
+        (str(doc["$id"]), Resource.from_contents(dict(doc))) for doc in documents.values())
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, registry=registry)
 
 
 @lru_cache(maxsize=1)

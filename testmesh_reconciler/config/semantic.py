@@ -210,10 +210,10 @@ def _template_fields(env: TestEnvironment) -> list[tuple[tuple[str | int, ...], 
         value = getattr(env, name)
         if value is not None:
             fields.append((("spec", name), value))
-    for service, url in env.routing_policy.items():
-        fields.append((("spec", "routing_policy", service), url))
-    for i, service in enumerate(env.services):
-        fields.extend((("spec", "services", i, *p), s) for p, s in walk_strings(service))
+    for service, target in env.routing_policy.items():
+        fields.append((("spec", "routing_policy", service), target))
+    for i, entry in enumerate(env.services):
+        fields.extend((("spec", "services", i, *p), s) for p, s in walk_strings(entry))
     if env.application is not None:
         fields.extend((("spec", "application", *p), s)
                       for p, s in walk_strings(env.application))

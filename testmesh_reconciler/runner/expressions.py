@@ -592,7 +592,12 @@ def parse(text: str) -> Expression:
     if len(text) > MAX_LENGTH:
         raise ExpressionError(f"expression too long ({len(text)} characters, at most "
                               f"{MAX_LENGTH})", text, MAX_LENGTH)
-    return Expression(text, _Parser(text).parse())
+    parser = _Parser(text)
+    try:
+        return Expression(text, parser.parse())
+    except RecursionError:  # only when called with little stack left: MAX_DEPTH needs ~650
+        raise ExpressionError("expression nested too deeply for the available stack", text,
+                              parser.tok.start) from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import operator
 import queue
 import re
 import sqlite3
@@ -41,7 +42,6 @@ from testmesh_reconciler.store.records import (
     Run,
     RunId,
     isoformat,
-    plain,
 )
 
 T = TypeVar("T")
@@ -70,8 +70,19 @@ def from_us(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
 
 
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Mapping):  # e.g. the config's FrozenDict
+        return dict(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(plain(value), separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 Kind = Literal["v", "ts", "json", "optjson", "tuple", "bool"]
@@ -101,25 +112,31 @@ def _decode(kind: Kind, value: Any) -> Any:
     return json.loads(value)
 
 
-@dataclass(frozen=True, slots=True)
 class _Table(Generic[R]):
     """A record class mapped onto a table, column by column (same names as the fields)."""
 
-    name: str
-    make: Callable[..., R]
-    columns: tuple[tuple[str, Kind], ...]
+    __slots__ = ("_getter", "_index", "_special", "columns", "insert", "make", "name", "select")
 
-    @property
-    def select(self) -> str:
-        return ", ".join(c for c, _ in self.columns)
+    def __init__(self, name: str, make: Callable[..., R], columns: tuple[tuple[str, Kind], ...]):
+        self.name = name
+        self.make = make
+        self.columns = columns
+        self.select = ", ".join(c for c, _ in columns)
+        marks = ", ".join("?" for _ in columns)
+        self.insert = f"INSERT INTO {name} ({self.select}) VALUES ({marks})"
+        self._getter = operator.attrgetter(*(c for c, _ in columns))
+        self._index = {c: i for i, (c, _) in enumerate(columns)}
+        # Only these columns need encoding; plain ones go to SQLite as they are (hot path).
+        self._special = tuple((i, k) for i, (_, k) in enumerate(columns) if k != "v")
 
-    @property
-    def insert(self) -> str:
-        marks = ", ".join("?" for _ in self.columns)
-        return f"INSERT INTO {self.name} ({self.select}) VALUES ({marks})"
-
-    def values(self, record: R) -> tuple[Any, ...]:
-        return tuple(_encode(k, getattr(record, c)) for c, k in self.columns)
+    def values(self, record: R, **overrides: Any) -> list[Any]:
+        """The row for ``record`` (field values replaced by ``overrides``), encoded."""
+        row = list(self._getter(record))
+        for column, value in overrides.items():
+            row[self._index[column]] = value
+        for i, kind in self._special:
+            row[i] = _encode(kind, row[i])
+        return row
 
     def load(self, row: Sequence[Any]) -> R:
         return self.make(**{c: _decode(k, v) for (c, k), v in zip(self.columns, row, strict=True)})
@@ -430,7 +447,7 @@ class SqliteStore:
             return
         tx = _Tx()
         results: list[tuple[_Job, bool, Any]] = []
-        if own or all(job.mode == "read" for job in jobs):
+        if own:
             for job in jobs:
                 try:
                     results.append((job, True, job.work(conn, tx)))
@@ -439,7 +456,11 @@ class SqliteStore:
                         conn.rollback()
                     results.append((job, False, exc))
         else:
-            results = self._transaction(conn, jobs, tx)
+            # Reads alone share one snapshot (BEGIN); any write takes the lock up front.
+            reads_only = all(job.mode == "read" for job in jobs)
+            results = self._transaction(
+                conn, jobs, tx, "BEGIN" if reads_only else "BEGIN IMMEDIATE"
+            )
         by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
         for job, ok, value in results:
             by_loop.setdefault(job.loop, []).append((job.future, ok, value))
@@ -447,11 +468,12 @@ class SqliteStore:
             _post(loop, outcomes)
 
     def _transaction(
-        self, conn: sqlite3.Connection, jobs: list[_Job], tx: _Tx
+        self, conn: sqlite3.Connection, jobs: list[_Job], tx: _Tx, begin: str
     ) -> list[tuple[_Job, bool, Any]]:
+        """All ``jobs`` in one transaction, each in a savepoint; commit once, then answer."""
         results: list[tuple[_Job, bool, Any]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(begin)
             for job in jobs:
                 conn.execute("SAVEPOINT job")
                 try:
@@ -749,8 +771,8 @@ def _strip_report(report: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k not in _DERIVED_REPORT_KEYS}
 
 
-def _run_values(run: Run) -> tuple[Any, ...]:
-    return RUNS.values(replace(run, status_report=_strip_report(run.status_report)))
+def _run_values(run: Run, **overrides: Any) -> list[Any]:
+    return RUNS.values(run, status_report=_strip_report(run.status_report), **overrides)
 
 
 def _attach_reports(conn: sqlite3.Connection, runs: list[Run]) -> list[Run]:
@@ -840,8 +862,9 @@ def _record_delivery(
     for run in runs:
         if run.serial_key:
             for (old_id,) in conn.execute(
-                "SELECT id FROM runs WHERE serial_key = ? AND status = 'pending' "
-                "AND claimed_by IS NULL AND queued_at <= ? ORDER BY queued_at, id",
+                "SELECT id FROM runs INDEXED BY runs_by_serial_key WHERE serial_key = ? "
+                "AND serial_key <> '' AND status = 'pending' AND claimed_by IS NULL "
+                "AND queued_at <= ? ORDER BY queued_at, id",
                 (run.serial_key, to_us(run.queued_at)),
             ).fetchall():
                 superseded.append((old_id, run))
@@ -870,9 +893,7 @@ def _record_delivery(
         RUNS.insert,
         [
             _run_values(
-                replace(
-                    r, status="pending", claimed_by=None, lease_until=None, delivery_id=delivery.id
-                )
+                r, status="pending", claimed_by=None, lease_until=None, delivery_id=delivery.id
             )
             for r in runs
         ],
@@ -893,7 +914,7 @@ def _enqueue_run(run: Run, max_queued: int, conn: sqlite3.Connection, tx: _Tx) -
     queued = tx.pending(conn)
     if queued + 1 > max_queued:
         return False
-    conn.execute(RUNS.insert, _run_values(replace(run, status="pending", claimed_by=None)))
+    conn.execute(RUNS.insert, _run_values(run, status="pending", claimed_by=None, lease_until=None))
     tx.queued = queued + 1
     return True
 
@@ -1086,10 +1107,9 @@ LIMIT ?
 
 
 def _outbox_stats(conn: sqlite3.Connection, tx: _Tx) -> OutboxStats:
-    queued, given_up = conn.execute(
-        "SELECT COALESCE(SUM(outcome = 'queued'), 0), COALESCE(SUM(outcome = 'given_up'), 0) "
-        "FROM outbox WHERE outcome IN ('queued', 'given_up')"
-    ).fetchone()
+    # Two counts over the two partial indexes: the outbox keeps every sent entry.
+    (queued,) = conn.execute("SELECT COUNT(*) FROM outbox WHERE outcome = 'queued'").fetchone()
+    (given_up,) = conn.execute("SELECT COUNT(*) FROM outbox WHERE outcome = 'given_up'").fetchone()
     row = conn.execute(
         "SELECT finished_at, last_error, run_id FROM outbox WHERE outcome = 'given_up' "
         "ORDER BY finished_at DESC LIMIT 1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -126,7 +127,6 @@ def test_keywords_are_fine_as_member_names_and_functions_as_variables() -> None:
 def test_frozen_values_behave_like_plain_ones() -> None:
     scope = freeze(SCOPE)
     assert ev("body.items == ['a', 'b', 'c']", scope) is True
-    assert ev("body.users[0] == {}", {"body": {"users": [{}]}}) is not None or True
     assert ev("body.nested contains 'deep'", scope) is True
     assert ev("len(body.users)", scope) == 2
 
@@ -152,7 +152,6 @@ def test_frozen_values_behave_like_plain_ones() -> None:
     ("body.items contains 'z'", False),
     ("body.name contains 'idg'", True),
     ("body.nested contains 'deep'", True),
-    ("body.users contains {}", None),  # placeholder, replaced below
     ("'b' in body.items", True),
     ("status in [200, 201]", True),
     ("status not in [200, 201]", False),
@@ -187,8 +186,6 @@ def test_frozen_values_behave_like_plain_ones() -> None:
     ("false or false", False),
 ])
 def test_operators(text: str, value: Any) -> None:
-    if value is None:
-        return
     assert ev(text) == value
 
 
@@ -246,10 +243,10 @@ def test_parse_is_cached() -> None:
 
 
 def test_long_flat_chains_evaluate_without_deep_recursion() -> None:
-    text = " + ".join(["1"] * 2000)
+    text = "+".join(["1"] * 2000)
     assert len(text) <= MAX_LENGTH
     assert ev(text) == 2000
-    assert ev(" && ".join(["true"] * 1000)) is True
+    assert ev("&&".join(["true"] * 500)) is True
 
 
 # -- MISSING semantics ---------------------------------------------------------------------
@@ -347,7 +344,7 @@ def test_length_and_depth_limits() -> None:
     assert ev(deep) == 1
     worst = "a[" * (MAX_DEPTH - 1) + "0" + "]" * (MAX_DEPTH - 1)
     assert ev(worst, {"a": [0]}) == 0
-    mixed = "".join("!(x.y + -(" for _ in range(MAX_DEPTH // 3)) + "1" + "))" * (MAX_DEPTH // 3)
+    mixed = "".join("!(x.y + -(" for _ in range(MAX_DEPTH // 4)) + "1" + "))" * (MAX_DEPTH // 4)
     with pytest.raises(ExpressionError):
         ev(mixed)  # '-' on a missing value; the point is: no RecursionError
 
@@ -442,10 +439,12 @@ _GRAMMAR_PIECES = st.sampled_from([
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=80))
 def test_parse_of_random_text_raises_only_expression_error(text: str) -> None:
+    positions = []
     try:
         parse(text)
     except ExpressionError as error:
-        assert error.position is not None
+        positions.append(error.position)
+    assert None not in positions
 
 
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
@@ -457,10 +456,8 @@ def test_random_token_soup_parses_and_evaluates_without_python_errors(text: str)
         return
     assert isinstance(expr, Expression)
     scope = {"a": [1, "x", None], "b": {"c": "abc"}, "x": [0, 1]}
-    try:
+    with contextlib.suppress(ExpressionError):
         evaluate(expr, scope)
-    except ExpressionError:
-        pass
     outcome = check(text, scope)
     assert isinstance(outcome.passed, bool)
     names(expr)

@@ -419,10 +419,9 @@ class FakeServer:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         self._runner = runner
-        server = site._server  # aiohttp exposes no public accessor for the bound port
-        if server is None or not server.sockets:
+        if not runner.addresses:
             raise RuntimeError("TCPSite did not bind a socket")
-        port = server.sockets[0].getsockname()[1]
+        port = runner.addresses[0][1]  # the port the OS picked for port 0
         self.base_url = f"http://127.0.0.1:{port}"
         return self.base_url
 
@@ -457,13 +456,16 @@ class FakeServer:
     def come_up(self) -> None:
         self._down = False
 
-    def reset_failures(self) -> None:
+    def reset(self) -> None:
+        """End all failure injection (``fail_next``, ``respond_with``, ``go_down``); recorded
+        requests and the fake's data stay (``clear()`` wipes those)."""
         self._injections.clear()
         self._down = False
 
-    def reset(self) -> None:
-        """Clear failure injection (data and recordings are kept; see subclasses)."""
-        self.reset_failures()
+    def clear(self) -> None:
+        """Forget recorded requests and violations (subclasses also drop their data)."""
+        self.requests.clear()
+        self.violations.clear()
 
     # recordings
     def assert_no_violations(self) -> None:

@@ -289,16 +289,14 @@ class FakeArgoCD(FakeServer):
     def state_of(self, name: str) -> AppState:
         return self.apps[name].current
 
-    def reset(self) -> None:
-        """Clear failure injection, apps, scripts, counters and recordings."""
-        super().reset()
+    def clear(self) -> None:
+        """Forget apps, scripts, counters, recorded requests and violations."""
+        super().clear()
         for store in (self.creates, self.syncs, self.deletes, self.gets):
             store.clear()
         self.apps.clear()
         self._scripts.clear()
         self.deleted.clear()
-        self.requests.clear()
-        self.violations.clear()
 
     async def wait_for_syncs(self, name: str, n: int = 1, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         await self.wait_for(lambda: self.syncs[name] >= n, timeout)

@@ -92,12 +92,36 @@ class FakeGitea(FakeServer):
 
     # --- controller API ------------------------------------------------------------
 
-    def reset(self) -> None:
-        """Clear failure injection, statuses, requests and violations."""
-        super().reset()
+    def clear(self) -> None:
+        """Forget statuses, recorded requests and violations."""
+        super().clear()
         self.statuses.clear()
-        self.requests.clear()
-        self.violations.clear()
+
+    def seed_status(
+        self,
+        repo: str,
+        sha: str,
+        state: str,
+        context: str,
+        description: str = "",
+        target_url: str = "",
+    ) -> GiteaStatus:
+        """Store a status as if someone had posted it earlier (no request is recorded)."""
+        if state not in STATES:
+            raise ValueError(f"state {state!r} is not one of {STATES}")
+        status = GiteaStatus(
+            id=len(self.statuses) + 1,
+            index=len(self.statuses_for(repo, sha)) + 1,
+            repo=repo,
+            sha=sha,
+            state=state,
+            context=context,
+            description=description,
+            target_url=target_url,
+            created_at=self.clock(),
+        )
+        self.statuses.append(status)
+        return status
 
     def statuses_for(self, repo: str, sha: str | None = None) -> list[GiteaStatus]:
         return [s for s in self.statuses if s.repo == repo and (sha is None or s.sha == sha)]
@@ -154,19 +178,14 @@ class FakeGitea(FakeServer):
             return self._error(500, f"GetCommit[{sha}]: object does not exist [id: {sha}]")
         if self.known_shas is not None and sha not in self.known_shas:
             return self._error(500, f"GetCommit[{sha}]: object does not exist [id: {sha}]")
-        repo = f"{owner}/{name}"
-        status = GiteaStatus(
-            id=len(self.statuses) + 1,
-            index=len(self.statuses_for(repo, sha)) + 1,
-            repo=repo,
-            sha=sha,
-            state=body["state"],
-            context=str(body.get("context", "")),
-            description=description,
-            target_url=str(body.get("target_url", "")),
-            created_at=self.clock(),
+        status = self.seed_status(
+            f"{owner}/{name}",
+            sha,
+            body["state"],
+            str(body.get("context", "")),
+            description,
+            str(body.get("target_url", "")),
         )
-        self.statuses.append(status)
         answer = self._status_json(request, status)
         self._check_answer(SPEC, request, 201, answer)
         return self._json(answer, 201)

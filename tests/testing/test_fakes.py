@@ -304,6 +304,17 @@ async def test_gitea_combined_status_uses_latest_per_context(
     gitea.assert_no_violations()
 
 
+async def test_gitea_seeded_statuses_are_listed(
+    gitea: FakeGitea, gitea_client: httpx.AsyncClient
+) -> None:
+    gitea.seed_status("acme/shop", SHA, "success", "testmesh/smoke", "TestMesh: all tests passed")
+    listed = (await gitea_client.get(f"/api/v1/repos/acme/shop/statuses/{SHA}")).json()
+    assert [(s["status"], s["context"]) for s in listed] == [("success", "testmesh/smoke")]
+    assert gitea.requests_to("POST") == []
+    with pytest.raises(ValueError, match="state"):
+        gitea.seed_status("acme/shop", SHA, "passed", "testmesh/smoke")
+
+
 async def test_gitea_fail_next_then_recovers(
     gitea: FakeGitea, gitea_client: httpx.AsyncClient
 ) -> None:
@@ -326,8 +337,10 @@ async def test_gitea_respond_with_until_reset_and_reads_unaffected(
     listed = await gitea_client.get(f"/api/v1/repos/acme/shop/statuses/{SHA}")
     assert listed.status_code == 200
     gitea.reset()
-    assert gitea.requests == []
+    assert len(gitea.requests) == 3
     assert (await gitea_client.post(STATUS_PATH, json=status_body())).status_code == 201
+    gitea.clear()
+    assert (gitea.requests, gitea.statuses) == ([], [])
 
 
 async def test_gitea_down_is_a_network_error(
@@ -549,7 +562,7 @@ async def test_argocd_failure_injection_and_down(
     argocd.respond_with(500, method="POST")
     assert (await argo_client.post("/api/v1/applications/demo/sync", json={})).status_code == 500
     assert (await argo_client.get("/api/v1/applications/demo")).status_code == 200
-    argocd.reset_failures()
+    argocd.reset()
     assert (await argo_client.post("/api/v1/applications/demo/sync", json={})).status_code == 200
 
 

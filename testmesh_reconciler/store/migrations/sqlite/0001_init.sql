@@ -72,7 +72,7 @@ CREATE TABLE runs (
 CREATE INDEX runs_by_time ON runs (queued_at, id);
 CREATE INDEX runs_by_suite ON runs (workspace, suite, queued_at, id);
 CREATE INDEX runs_by_status ON runs (status, queued_at, id);
-CREATE INDEX runs_by_serial_key ON runs (serial_key, status) WHERE serial_key <> '';
+CREATE INDEX runs_by_serial_key ON runs (serial_key, status, queued_at) WHERE serial_key <> '';
 CREATE INDEX runs_by_lease ON runs (lease_until) WHERE status = 'running';
 CREATE INDEX runs_by_delivery ON runs (delivery_id);
 

@@ -1,0 +1,87 @@
+"""structlog set-up, done once per process: JSON lines in the daemon, console in the CLI.
+
+``redact`` runs before rendering in both modes: ``SecretValue``s, and values under keys
+named like token/secret/password/authorization, never reach a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal, TextIO
+
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from testmesh_reconciler.config.model import SecretValue
+
+REDACTED = "***"
+_SENSITIVE_KEY = re.compile(
+    r"token|secret|password|passwd|authorization|private_key|credential|api_key|cookie", re.I)
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_url(text: str) -> str:
+    """``https://user:token@host/x`` -> ``https://***@host/x`` (anywhere in ``text``)."""
+    return _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
+
+
+def _scrub(key: str | None, value: Any) -> Any:
+    if isinstance(value, SecretValue):
+        return REDACTED
+    if key is not None and _SENSITIVE_KEY.search(key) and value is not None \
+            and not isinstance(value, bool):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: _scrub(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(None, v) for v in value]
+    if isinstance(value, str) and "://" in value and "@" in value:
+        return redact_url(value)
+    return value
+
+
+def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+           ) -> MutableMapping[str, Any]:
+    """structlog processor: hide secrets by type and by key name (``event`` is kept)."""
+    for key, value in list(event_dict.items()):
+        if key == "event":
+            if isinstance(value, SecretValue):
+                event_dict[key] = REDACTED
+            continue
+        event_dict[key] = _scrub(key, value)
+    return event_dict
+
+
+def configure_logging(mode: Literal["json", "console"] = "console", *,
+                      level: int = logging.INFO, stream: TextIO | None = None) -> None:
+    """Configure structlog for this process (calling it again replaces the set-up)."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    renderer: Any
+    if mode == "json":
+        renderer = [structlog.processors.dict_tracebacks,
+                    structlog.processors.JSONRenderer(default=str)]
+    else:
+        renderer = [structlog.dev.ConsoleRenderer(colors=False)]
+    structlog.configure(
+        processors=[*shared, *renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> FilteringBoundLogger:
+    """A lazy structlog logger with ``logger=name`` (it follows later re-configuration)."""
+    logger: FilteringBoundLogger = structlog.get_logger(logger=name)
+    return logger
+
+
+__all__ = ["REDACTED", "configure_logging", "get_logger", "redact", "redact_url"]

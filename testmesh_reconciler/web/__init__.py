@@ -1,0 +1,64 @@
+"""The HTTP surface: app factory (``app.py``), handlers, and what they share.
+
+The typed ``AppKey``s live here (handlers read ``request.app[SERVICES]``);
+``read_capped_body`` enforces a body cap while reading (413 as ``WebhookRejected``);
+``error_json`` is the one shape of an error answer: ``{"error": ..., ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from testmesh_reconciler.errors import WebhookRejected
+
+if TYPE_CHECKING:
+    from testmesh_reconciler.services import Services, StatusProvider
+    from testmesh_reconciler.settings import Settings
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+SERVICES: web.AppKey[Services] = web.AppKey("services")
+#: Status providers registered on this app (``add_status_provider``), after ``Services``'.
+STATUS_PROVIDERS: web.AppKey[list[StatusProvider]] = web.AppKey("status_providers")
+#: The guarded background tasks the app started (``add_loop``), by name.
+TASKS: web.AppKey[dict[str, asyncio.Task[None]]] = web.AppKey("tasks")
+
+CHUNK = 64 * 1024
+
+
+def error_json(status: int, message: str, *, headers: dict[str, str] | None = None,
+               **extra: Any) -> web.Response:
+    """A JSON error answer ``{"error": message, **extra}``."""
+    return web.json_response({"error": message, **extra}, status=status, headers=headers)
+
+
+async def read_capped_body(request: web.Request, limit: int) -> bytes:
+    """The raw body, read in chunks; over ``limit`` bytes -> ``WebhookRejected(413)``.
+
+    A declared ``Content-Length`` above the cap is refused before reading anything."""
+    too_large = WebhookRejected(413, f"body larger than {limit} bytes (--max-body-bytes)")
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            chunk = await request.content.read(CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    except (ConnectionError, OSError) as exc:
+        raise WebhookRejected(400, f"could not read the request body: {exc}") from None
+    return b"".join(chunks)
+
+
+__all__ = ["SERVICES", "SETTINGS", "STATUS_PROVIDERS", "TASKS", "error_json",
+           "read_capped_body"]
