@@ -79,8 +79,8 @@ def configure_logging(mode: Literal["json", "console"] = "console", *,
 
 
 def get_logger(name: str) -> FilteringBoundLogger:
-    """A lazy structlog logger with ``logger=name`` (it follows later re-configuration)."""
-    logger: FilteringBoundLogger = structlog.get_logger(logger=name)
+    """A lazy structlog logger with ``component=name`` (it follows later re-configuration)."""
+    logger: FilteringBoundLogger = structlog.get_logger(component=name)
     return logger
 
 

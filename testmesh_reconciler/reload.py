@@ -90,19 +90,16 @@ class Reloader:
         self._wake.set()
         return self._requested
 
-    async def wait(self, ticket: int, timeout: float | None = None) -> ReloadRecord | None:
-        """Wait until a reload that started after ``ticket`` was issued has finished."""
+    async def wait(self, ticket: int) -> ReloadRecord | None:
+        """Wait until a reload that started after ``ticket`` was issued has finished
+        (bound it with ``asyncio.timeout``); the last attempt's record."""
         async with self._done:
-            try:
-                await asyncio.wait_for(
-                    self._done.wait_for(lambda: self._completed >= ticket), timeout)
-            except TimeoutError:
-                return None
+            await self._done.wait_for(lambda: self._completed >= ticket)
         return self._state.last_attempt
 
-    async def reload_now(self, reason: str, timeout: float | None = None
-                         ) -> ReloadRecord | None:
-        return await self.wait(self.trigger(reason), timeout)
+    async def reload_now(self, reason: str) -> ReloadRecord | None:
+        """Trigger a reload and wait for it (the reload loop must be running)."""
+        return await self.wait(self.trigger(reason))
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self) -> None:

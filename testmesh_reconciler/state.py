@@ -90,15 +90,12 @@ class StateHolder:
             self._version += 1
             self._changed.notify_all()
 
-    async def wait_for_change(self, after_version: int, timeout: float | None = None) -> bool:
-        """Wait until ``version`` exceeds ``after_version``; False on timeout."""
+    async def wait_for_change(self, after_version: int) -> int:
+        """Wait until ``version`` exceeds ``after_version`` (bound it with
+        ``asyncio.timeout``); the new version."""
         async with self._changed:
-            try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._version > after_version), timeout)
-            except TimeoutError:
-                return False
-        return True
+            await self._changed.wait_for(lambda: self._version > after_version)
+            return self._version
 
 
 __all__ = ["ReloadRecord", "ReloadResult", "StateHolder"]

@@ -49,14 +49,14 @@ def start_guarded(name: str, factory: CoroFactory, *, restart: bool = True,
         guard(name, factory, restart=restart, eternal=eternal, sleep=sleep), name=name)
 
 
-async def cancel_all(tasks: Iterable[asyncio.Task[None]], *, timeout: float = 5.0) -> None:
+async def cancel_all(tasks: Iterable[asyncio.Task[None]], *, grace: float = 5.0) -> None:
     """Cancel ``tasks`` and wait (bounded) until they have ended."""
     pending = [t for t in tasks if not t.done()]
     for task in pending:
         task.cancel()
     if pending:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), timeout)
+            await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), grace)
 
 
 __all__ = ["CoroFactory", "cancel_all", "guard", "start_guarded"]

@@ -151,6 +151,10 @@ def extract(result: Mapping[str, Any], path: str) -> Any:
     return value
 
 
+def _where(phase: Phase, label: str) -> str:
+    return f"step {label!r}" if phase == "steps" else f"{phase} step {label!r}"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
@@ -222,7 +226,7 @@ class FlowRunner:
                     result = await self._step(step, phase)
                     steps.append(result)
                     if result.failing:
-                        stop = f"not run: {phase} step {result.label!r} failed"
+                        stop = f"not run: {_where(phase, result.label)} failed"
         except Exception as exc:  # our bug, not the flow's: reported as the run's error
             internal = f"internal error in flow {self.label!r}: {type(exc).__name__}: {exc}"
         for step in self.definition.teardown:  # always, also after a failure
@@ -238,7 +242,7 @@ class FlowRunner:
             status, error = "failed", internal
         elif failing is not None:
             status = "failed"
-            error = f"{failing.phase} step {failing.label!r}: {failing.error}"
+            error = f"{_where(failing.phase, failing.label)}: {failing.error}"
         elif cancelled:
             status, error = "cancelled", "cancelled before it finished"
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import web
 
@@ -51,7 +51,7 @@ def webhook_source(path: str) -> str | None:
 
 @web.middleware
 async def error_middleware(request: web.Request,
-                           handler: Callable[[web.Request], asyncio.Future[web.StreamResponse]]
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                            ) -> web.StreamResponse:
     """JSON errors everywhere; an unexpected exception is a logged 500, except on webhook
     routes, which answer 400 instead (a sender must never see a 5xx but 503)."""

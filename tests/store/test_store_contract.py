@@ -254,6 +254,19 @@ async def test_concurrent_same_key_yields_one_winner(store: Store, clock: FakeCl
     assert sorted(outcomes) == ["accepted"] + ["duplicate"] * 49
 
 
+async def test_a_failing_call_does_not_undo_its_neighbours(store: Store, clock: FakeClock) -> None:
+    good = [(make_delivery(clock), make_run(clock)) for _ in range(10)]
+    bad = record(store, clock, make_delivery(clock, outcome="ignored"), [make_run(clock)])
+    calls = [record(store, clock, d, [r]) for d, r in good[:5]]
+    calls += [bad] + [record(store, clock, d, [r]) for d, r in good[5:]]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert [type(r).__name__ for r in results].count("ValueError") == 1
+    for delivery, run in good:
+        assert await store.get_delivery(delivery.id) is not None
+        assert await store.get_run(run.id) is not None
+    assert (await store.count_runs_by_status())["pending"] == 10
+
+
 async def test_two_stores_racing_on_one_key(make_store: MakeStore, clock: FakeClock) -> None:
     """Two replicas on one database: the unique dedup key still yields one winner."""
     first, second = await make_store(), await make_store()
