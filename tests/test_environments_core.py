@@ -50,7 +50,8 @@ def environment(**spec: Any) -> TestEnvironment:
     doc = {"apiVersion": "testmesh.io/v1alpha1", "kind": "TestEnvironment",
            "metadata": {"name": "review"}, "spec": base}
     env, notes = build_declaration("TestEnvironment", doc, Source("envs.yaml", 1), None)
-    assert isinstance(env, TestEnvironment) and not notes
+    assert isinstance(env, TestEnvironment)
+    assert not notes
     return env
 
 
@@ -170,19 +171,22 @@ async def test_single_flight_shares_one_call_per_key() -> None:
     flight: SingleFlight[str, str] = SingleFlight()
     calls: list[str] = []
     release = asyncio.Event()
+    all_started = asyncio.Event()
 
     def factory_for(key: str) -> Any:
         async def factory() -> str:
             calls.append(key)
+            if len(calls) == 3:
+                all_started.set()
             await release.wait()
             return f"env-{key}"
         return factory
 
     keys = [f"ctx-{i % 3}" for i in range(20)]
     tasks = [asyncio.create_task(flight.run(k, factory_for(k))) for k in keys]
-    while len(calls) < 3:
-        await asyncio.sleep(0)
-    assert len(flight) == 3 and "ctx-0" in flight
+    await asyncio.wait_for(all_started.wait(), 5)
+    assert len(flight) == 3
+    assert "ctx-0" in flight
     release.set()
     results = await asyncio.gather(*tasks)
     assert sorted(calls) == ["ctx-0", "ctx-1", "ctx-2"]

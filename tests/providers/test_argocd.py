@@ -172,7 +172,8 @@ async def test_missing_app_without_template_gives_the_hint(
         "application 'shop-pr-7' does not exist in Argo CD and the TestEnvironment declares "
         "no `application` template to create it; create it or add spec.application")
     assert not info.value.retryable
-    assert not argocd.creates and not argocd.syncs
+    assert not argocd.creates
+    assert not argocd.syncs
 
 
 async def test_degraded_app_fails_with_its_message(
@@ -257,8 +258,10 @@ async def test_create_denied_explains_both_meanings_of_403(
                            revision=None, timeout=600)
     message = str(info.value)
     assert "denied creating application 'shop' in project 'default'" in message
-    assert "missing" in message and "may not read it" in message
-    assert not info.value.retryable and info.value.status == 403
+    assert "missing" in message
+    assert "may not read it" in message
+    assert not info.value.retryable
+    assert info.value.status == 403
 
 
 async def test_delete_is_cascading_and_idempotent(
@@ -275,7 +278,8 @@ async def test_rejected_token_is_not_retryable_and_never_shown(
     client = make_client(http, argocd, clock, token="wrong-secret-token")
     with pytest.raises(ProviderError, match="token rejected") as info:
         await client.get_app("shop")
-    assert not info.value.retryable and info.value.status == 401
+    assert not info.value.retryable
+    assert info.value.status == 401
     assert "wrong-secret-token" not in str(info.value)
 
 
@@ -283,7 +287,8 @@ async def test_server_errors_are_retryable(argocd: FakeArgoCD, client: ArgoCDCli
     argocd.fail_next(1, 500, method="POST")
     with pytest.raises(ProviderError, match="answered 500") as info:
         await client.sync("shop")
-    assert info.value.retryable and info.value.status == 500
+    assert info.value.retryable
+    assert info.value.status == 500
 
 
 async def test_network_errors_are_retryable(argocd: FakeArgoCD, client: ArgoCDClient) -> None:
