@@ -28,11 +28,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.daemon.repo import SECRET_ENV, ConfigRepo, flow, generated_tree  # noqa: E402
-
 from testmesh_reconciler import secrets  # noqa: E402
 from testmesh_reconciler.reload import build_loader  # noqa: E402
 from testmesh_reconciler.sources.git import GitSource  # noqa: E402
+from tests.daemon.repo import SECRET_ENV, ConfigRepo, flow, generated_tree  # noqa: E402
 
 SECRET = "bench-secret"
 SERVE = ("import sys; from testmesh_reconciler.cli_serve import serve_main; "

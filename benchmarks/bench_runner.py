@@ -105,7 +105,7 @@ async def measure(base: str, count: int, rounds: int) -> tuple[list[float], list
     return directs, runners
 
 
-def main(count: int = 1000, rounds: int = 7) -> int:
+def main(count: int = 1000, rounds: int = 11) -> int:
     port = _free_port()
     server = multiprocessing.Process(target=_serve, args=(port,), daemon=True)
     server.start()
@@ -115,13 +115,19 @@ def main(count: int = 1000, rounds: int = 7) -> int:
         server.terminate()
         server.join(5)
     d, r = statistics.median(directs), statistics.median(runners)
-    ratios = [rr / dd for rr, dd in zip(runners, directs, strict=True)]
-    print(f"{count} http_request steps, {rounds} rounds (median):")
-    print(f"  direct httpx: {d * 1000:8.1f} ms  ({d * 1e6 / count:6.1f} us/request)")
-    print(f"  runner:       {r * 1000:8.1f} ms  ({r * 1e6 / count:6.1f} us/step)")
-    print(f"  ratio runner/direct: {r / d:.2f} (per round {min(ratios):.2f}..{max(ratios):.2f};"
-          f" target <= {TARGET})")
-    return 0 if r / d <= TARGET else 1
+    # Each round's runner and direct timings are taken back to back, so their ratio cancels
+    # most of the load drift of a shared machine; the median of those ratios is the figure.
+    ratios = sorted(rr / dd for rr, dd in zip(runners, directs, strict=True))
+    ratio = statistics.median(ratios)
+    print(f"{count} http_request steps vs {count} direct httpx requests, {rounds} rounds:")
+    print(f"  direct httpx: median {d * 1000:7.1f} ms ({d * 1e6 / count:6.1f} us/request), "
+          f"best {min(directs) * 1000:7.1f} ms")
+    print(f"  runner:       median {r * 1000:7.1f} ms ({r * 1e6 / count:6.1f} us/step), "
+          f"best {min(runners) * 1000:7.1f} ms")
+    print(f"  runner/direct: median of per-round ratios {ratio:.2f} "
+          f"(range {ratios[0]:.2f}..{ratios[-1]:.2f}); best/best "
+          f"{min(runners) / min(directs):.2f}; target <= {TARGET}")
+    return 0 if ratio <= TARGET else 1
 
 
 if __name__ == "__main__":

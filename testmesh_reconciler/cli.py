@@ -35,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--verbose", action="store_true", help="also list ignored YAML documents")
     v.set_defaults(func=_validate)
 
-    from testmesh_reconciler import cli_secrets
+    from testmesh_reconciler import cli_secrets, cli_serve, run_command
 
+    cli_serve.register(sub)
+    run_command.register(sub)
     cli_secrets.register(sub)
     return parser
 

@@ -15,8 +15,6 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from testmesh_reconciler.config.model import SecretValue
-
 REDACTED = "***"
 _SENSITIVE_KEY = re.compile(
     r"token|secret|password|passwd|authorization|private_key|credential|api_key|cookie", re.I)
@@ -28,8 +26,13 @@ def redact_url(text: str) -> str:
     return _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
 
 
+def _is_secret_value(value: object) -> bool:
+    """``config.model.SecretValue`` (matched by name: logging sits below ``config``)."""
+    return type(value).__name__ == "SecretValue" and callable(getattr(value, "reveal", None))
+
+
 def _scrub(key: str | None, value: Any) -> Any:
-    if isinstance(value, SecretValue):
+    if _is_secret_value(value):
         return REDACTED
     if key is not None and _SENSITIVE_KEY.search(key) and value is not None \
             and not isinstance(value, bool):
@@ -48,7 +51,7 @@ def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
     """structlog processor: hide secrets by type and by key name (``event`` is kept)."""
     for key, value in list(event_dict.items()):
         if key == "event":
-            if isinstance(value, SecretValue):
+            if _is_secret_value(value):
                 event_dict[key] = REDACTED
             continue
         event_dict[key] = _scrub(key, value)

@@ -76,7 +76,7 @@ def parse_variables(items: Sequence[str]) -> dict[str, str]:
 
 
 def _find_suite(snapshot: Snapshot, workspace: str, name: str) -> Suite:
-    suite = snapshot.suites.get((workspace, name))
+    suite: Suite | None = snapshot.suites.get((workspace, name))
     if suite is None:
         names = [n for (ws, n) in snapshot.suites if ws == workspace]
         close = difflib.get_close_matches(name, names, n=1)
@@ -101,10 +101,10 @@ def environment_routing(snapshot: Snapshot, workspace: str, name: str) -> dict[s
             "static environment")
     routing, missing = render_routing(environment, {})
     if missing:
-        service, names = next(iter(missing.items()))
+        service, unknown = next(iter(missing.items()))
         raise UsageError(
             f"environment {name!r}: routing_policy of {service!r} uses "
-            f"{', '.join('${' + n + '}' for n in names)}, a trigger variable that a manual "
+            f"{', '.join('${' + n + '}' for n in unknown)}, a trigger variable that a manual "
             "run does not have; use an environment whose routing has no templates")
     return routing
 

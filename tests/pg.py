@@ -31,7 +31,7 @@ START_TIMEOUT = 30.0
 
 
 def find_bindir() -> Path | None:
-    """The directory holding ``initdb`` and ``postgres``: pg_config's, else the newest Debian one."""
+    """The directory with ``initdb`` and ``postgres``: pg_config's, else the newest Debian one."""
     candidates: list[Path] = []
     pg_config = shutil.which("pg_config")
     if pg_config:

@@ -332,7 +332,7 @@ class ArgoCDClient:
                     raise ProviderError(
                         f"application {name!r} disappeared from Argo CD while waiting for it "
                         f"to become Healthy (or the token may no longer read it)",
-                        retryable=False, status=403)
+                        retryable=False)
                 last, last_error = to_state(app), None
                 verdict, reason = readiness(last)
                 if verdict == "ready":

@@ -173,7 +173,17 @@ _NO_OUTCOME = ActionOutcome()
 
 class FlowRunner:
     """Runs one flow once. Step results and outputs live in dicts that the flow's ``Scope``
-    layers by reference, so each step sees what earlier ones produced."""
+    layers by reference, so each step sees what earlier ones produced.
+
+    Semantics: setup, then steps; the first failing step skips the rest of both; teardown
+    always runs, every step of it (a failing teardown step fails the flow but does not stop
+    the cleanup). A step is tried up to ``retry.max_attempts`` times while it fails or errs
+    retryably (an unknown variable or an invalid config is not retried); ``timeout`` bounds
+    each attempt. ``on_error: continue`` records the step as failed (``continued``) and the
+    flow goes on and can still pass; the object form runs its action, then the flow fails.
+    Results and ``output`` values are kept also from a failed step, so teardown can clean up.
+    Scope, first wins: outputs, step results by id, ``service``, run variables, flow ``env``.
+    """
 
     def __init__(self, definition: FlowDefinition, context: RunContext, *,
                  variables: Mapping[str, Any], services: Mapping[str, str],
@@ -354,14 +364,17 @@ class FlowRunner:
             return _Attempt("error", self._unknown(missing), retryable=False)
         action_ctx = ActionContext(client=ctx.client, clock=ctx.clock, sleep=ctx.sleep,
                                    redactor=ctx.redactor, scope=self.scope)
-        timeout = asyncio.timeout(step.timeout_seconds)
-        try:
-            async with timeout:
-                outcome = await action(rendered.value, action_ctx)
-        except TimeoutError:
-            if not timeout.expired():
-                raise
-            return _Attempt("error", f"timed out after {step.timeout_seconds:g}s")
+        if step.timeout_seconds is None:
+            outcome = await action(rendered.value, action_ctx)
+        else:
+            timeout = asyncio.timeout(step.timeout_seconds)
+            try:
+                async with timeout:
+                    outcome = await action(rendered.value, action_ctx)
+            except TimeoutError:
+                if not timeout.expired():
+                    raise
+                return _Attempt("error", f"timed out after {step.timeout_seconds:g}s")
         if outcome.error is not None:
             return _Attempt("error", outcome.error, outcome.retryable, outcome)
         assertions = outcome.assertions

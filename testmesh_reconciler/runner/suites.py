@@ -99,9 +99,11 @@ class _SuiteRun:
                         await asyncio.gather(*(self._flow(entry) for entry in unit))
                 failed = [r for e in stage
                           if (r := self.done.get(self.position[id(e)])) is not None
-                          and r.status in ("failed", "cancelled")]
+                          and r.status == "failed"]
                 if stop is None and failed:
                     stop = f"not run: flow {failed[0].flow!r} of an earlier stage failed"
+                if stop is None and self.context.cancelled:
+                    stop = "not run: the run was cancelled"
             if stop is not None:
                 self.skip_rest(stop)
         return next((f.error for f in self.flows() if f.internal), None)

@@ -38,7 +38,9 @@ def create_store(database_url: str | None, *, data_dir: Path) -> Store:
     if database_url.startswith("sqlite:///"):
         return SqliteStore(Path(database_url.removeprefix("sqlite:///")))
     if database_url.startswith(("postgres://", "postgresql://")):
-        raise StoreError("the PostgreSQL store is not implemented yet; use SQLite for now")
+        from testmesh_reconciler.store.postgres import PostgresStore  # psycopg only when used
+
+        return PostgresStore(database_url)
     raise StoreError(f"unsupported --database-url scheme: {database_url.split(':', 1)[0]!r}")
 
 

@@ -527,7 +527,7 @@ class Pages:
         deliveries = await store.list_deliveries(limit=RECENT)
         envs = await store.list_environments(limit=200)
         outbox = await store.outbox_stats()
-        by_state = Counter(e.state for e in envs)
+        by_state: Counter[str] = Counter(str(e.state) for e in envs)
         return self.render(
             "overview.html", nav="overview",
             kind_counts=[(title, state.snapshot.counts()[kind]) for kind, title in KIND_TITLES]
@@ -590,7 +590,7 @@ class Pages:
             rules=rules, runs=runs, run_label=run_label, chart=duration_chart(runs),
             passed=passed, finished=finished, rate=rate,
             median=statistics.median(durations) if durations else None,
-            before=before,
+            before=before, newest=request.path,
             older=page_url(request.path, before=runs[-1].id) if len(runs) == PAGE_SIZE
             else None)
 

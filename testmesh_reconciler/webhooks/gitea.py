@@ -61,16 +61,19 @@ def signatures(headers: Mapping[str, str]) -> tuple[str, ...]:
 
 def _verify(given: tuple[str, ...], body: bytes, secret: SecretValue) -> bool:
     key = secret.reveal().encode("utf-8", "replace")
-    expected = hmac.new(key, payload(body), hashlib.sha256).hexdigest().encode()
+    signed = (body,) if not body.startswith(_FORM_PREFIX) else (body, payload(body))
     ok = False
-    for signature in given:  # every one compared, in constant time
-        ok |= hmac.compare_digest(expected, signature.encode("utf-8", "replace"))
+    for message in signed:
+        expected = hmac.new(key, message, hashlib.sha256).hexdigest().encode()
+        for signature in given:  # every one compared, in constant time
+            ok |= hmac.compare_digest(expected, signature.encode("utf-8", "replace"))
     return ok and bool(key)
 
 
 def verify(headers: Mapping[str, str], body: bytes, secret: SecretValue) -> bool:
     """Whether ``X-Gitea-Signature`` (hex) or ``X-Hub-Signature-256`` (``sha256=<hex>``) is
-    the HMAC-SHA256 of the raw body under ``secret``. Empty signatures or secrets never do."""
+    the HMAC-SHA256 of the raw body (of a form hook: the raw body or the JSON inside it)
+    under ``secret``. Empty signatures or secrets never verify."""
     return _verify(signatures(headers), body, secret)
 
 

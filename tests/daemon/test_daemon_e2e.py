@@ -113,9 +113,9 @@ def test_plain_directory_is_watched(tmp_path: Path, start_daemon: StartDaemon) -
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    from .conftest import SERVE
-
     import sys
+
+    from .conftest import SERVE
 
     for args in (["--config-repo", str(tmp_path / "missing")],
                  ["--config-repo", str(tmp_path), "--listen", "nope"], []):

@@ -79,8 +79,8 @@ def test_env_error_names_the_env_var() -> None:
 
 @pytest.mark.skipif(not DESIGN.exists(), reason="needs ../shared/DESIGN.md")
 def test_every_flag_of_the_design_table_exists_with_its_env_var() -> None:
-    rows = re.findall(r"^\s*\|\s*`(--[a-z-]+)[^`]*`[^|]*\|\s*`(TESTMESH_[A-Z_]+)`", DESIGN.read_text(),
-                      re.M)
+    row = r"^\s*\|\s*`(--[a-z-]+)[^`]*`[^|]*\|\s*`(TESTMESH_[A-Z_]+)`"
+    rows = re.findall(row, DESIGN.read_text(), re.M)
     assert len(rows) == 22
     assert {(f.flag, f.env) for f in SERVE_FLAGS} == set(rows)
 

@@ -522,9 +522,9 @@ async def test_token_never_appears_in_errors(
     finally:
         await echo.stop()
     assert len(seen) == 10
-    for exc in seen:
-        assert_secret_free(exc)
-        assert exc.__cause__ is None
+    for error in seen:
+        assert_secret_free(error)
+        assert error.__cause__ is None
     assert "bad header: token ***" in str(seen[-1])
     assert TOKEN not in repr(client)
 
@@ -532,8 +532,8 @@ async def test_token_never_appears_in_errors(
 def integration(url: str | None, token: str | None) -> Integration:
     secrets: dict[str, SecretRef] = {}
     if token is not None:
-        secrets["token"] = SecretRef("env", "GITEA_TOKEN", SecretBinding("default", "gitea", "token"),
-                                     SecretValue(token))
+        binding = SecretBinding("default", "gitea", "token")
+        secrets["token"] = SecretRef("env", "GITEA_TOKEN", binding, SecretValue(token))
     return Integration(
         id=uuid.uuid4(), metadata=Metadata("gitea"), source=Source("integrations.yaml", 1),
         type="git", provider="gitea", url=url, app_filter="*", require_webhook_secret=True,

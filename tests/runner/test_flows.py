@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from testmesh_reconciler.config.build import build_flow_definition
+from testmesh_reconciler.config.frozen import FrozenDict
 from testmesh_reconciler.config.model import FlowDefinition, SecretValue, Step
 from testmesh_reconciler.runner.clock import FakeClock
 from testmesh_reconciler.runner.flows import NullObserver, extract, run_flow
@@ -680,7 +681,7 @@ async def test_every_assertion_operator(expression: str, service: Service,
                                         client: httpx.AsyncClient, clock: FakeClock) -> None:
     definition = FlowDefinition(name="ops", steps=(Step(
         action="http_request", id="echo", asserts=(expression,),
-        config={"url": "${BASE_URL}/echo", "params": {"x": "5", "tags": "b"}}),))
+        config=FrozenDict({"url": "${BASE_URL}/echo", "params": {"x": "5", "tags": "b"}})),))
     result = await run(definition, service, client, clock)
     echo = step(result, "echo")
     assert echo.status == "passed", echo.error

@@ -1,7 +1,7 @@
 """Fixtures for the store contract suite: one ``store`` per backend, plus a re-opener.
 
-To run the suite against another backend (PostgreSQL), add its name to ``BACKENDS`` and a
-branch to ``_build`` and ``store_source``; every contract test then runs on it too.
+Every contract test runs on SQLite and on PostgreSQL (a fresh database per test on the
+session's throwaway cluster from ``tests/pg.py``); ``BACKENDS`` lists them.
 """
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 
 from testmesh_reconciler.store import FakeClock, SqliteStore, Store
+from testmesh_reconciler.store.postgres import PostgresStore
+from tests.pg import pg_cluster, pg_dsn
 
-BACKENDS = ["sqlite"]
+__all__ = ["BACKENDS", "MakeStore", "pg_cluster", "pg_dsn"]  # fixtures for this directory
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 MakeStore = Callable[[], Awaitable[Store]]
 
@@ -24,19 +28,31 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _build(backend: str, tmp_path: Path) -> Store:
+@pytest.fixture
+def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """Where the backend keeps this test's data: a SQLite file, or a fresh PostgreSQL DSN."""
     if backend == "sqlite":
-        return SqliteStore(tmp_path / "store.sqlite3")
+        return str(tmp_path / "store.sqlite3")
+    if backend == "postgres":
+        return str(request.getfixturevalue("pg_dsn"))
+    raise AssertionError(f"unknown backend {backend}")
+
+
+def _build(backend: str, database: str) -> Store:
+    if backend == "sqlite":
+        return SqliteStore(database)
+    if backend == "postgres":
+        return PostgresStore(database, max_size=4)
     raise AssertionError(f"unknown backend {backend}")
 
 
 @pytest.fixture
-async def make_store(backend: str, tmp_path: Path) -> AsyncIterator[MakeStore]:
+async def make_store(backend: str, database: str) -> AsyncIterator[MakeStore]:
     """Opens a store on the same database each time (for reopen/durability tests)."""
     opened: list[Store] = []
 
     async def factory() -> Store:
-        store = _build(backend, tmp_path)
+        store = _build(backend, database)
         await store.open()
         opened.append(store)
         return store
@@ -52,10 +68,12 @@ async def store(make_store: MakeStore) -> Store:
 
 
 @pytest.fixture
-def store_source(backend: str, tmp_path: Path) -> str:
+def store_source(backend: str, database: str) -> str:
     """Python source of an expression building the same store, for a child process."""
     if backend == "sqlite":
-        return f"SqliteStore({str(tmp_path / 'store.sqlite3')!r})"
+        return f"SqliteStore({database!r})"
+    if backend == "postgres":
+        return f"PostgresStore({database!r})"
     raise AssertionError(f"unknown backend {backend}")
 
 

@@ -661,6 +661,7 @@ KILL_CHILD = """
 import asyncio, sys
 from datetime import datetime, timedelta, timezone
 from testmesh_reconciler.store import Delivery, Run, SqliteStore  # noqa: F401
+from testmesh_reconciler.store.postgres import PostgresStore  # noqa: F401
 
 async def main():
     store = {store_source}
