@@ -107,7 +107,7 @@ class PgCluster:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def _start(bindir: Path) -> PgCluster:
+def start_cluster(bindir: Path) -> PgCluster:
     root = Path(tempfile.mkdtemp(prefix="testmesh-pg-"))
     run_as = _run_as()
     if run_as:
@@ -145,12 +145,12 @@ def _start(bindir: Path) -> PgCluster:
                 last_error = str(exc)
                 time.sleep(0.05)
         last_error = f"{last_error}\n{cluster.log}"
-        _stop(cluster, remove=False)
+        stop_cluster(cluster, remove=False)
     shutil.rmtree(root, ignore_errors=True)
     raise RuntimeError(f"postgres did not start: {last_error}")
 
 
-def _stop(cluster: PgCluster, *, remove: bool = True) -> None:
+def stop_cluster(cluster: PgCluster, *, remove: bool = True) -> None:
     """Fast shutdown (SIGINT) of our postgres by PID; SIGKILL if it lingers."""
     process = cluster.process
     if process.poll() is None:
@@ -173,11 +173,11 @@ def pg_cluster() -> Iterator[PgCluster]:
             "PostgreSQL binaries (initdb, postgres) not found; run scripts/pg-ensure.sh "
             "to install Debian's postgresql package"
         )
-    cluster = _start(bindir)
+    cluster = start_cluster(bindir)
     try:
         yield cluster
     finally:
-        _stop(cluster)
+        stop_cluster(cluster)
 
 
 @pytest.fixture

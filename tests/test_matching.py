@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from testmesh_reconciler.config.model import Snapshot
+from testmesh_reconciler.config.model import Integration, Snapshot
 from testmesh_reconciler.matching import Match, explain_no_match, match, rule_accepts
 from testmesh_reconciler.triggers import Trigger
 from testmesh_reconciler.webhooks import argocd, gitea
 from tests.testing.webhook_payloads import argocd_application, gitea_pull_request, gitea_push
-from tests.webhooks import load_snapshot, rule
+from tests.webhooks import integration, load_snapshot, rule
 
 SHA = "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b"
 
@@ -53,7 +53,6 @@ def snapshot() -> Snapshot:
 
 
 def _gitea(name: str, workspace: str = "default") -> str:
-    from tests.webhooks import integration
     return integration(name, "gitea", f"https://{name}.example", workspace=workspace)
 
 
@@ -137,7 +136,7 @@ def test_end_to_end_from_deliveries() -> None:
     snap = load_snapshot()
     headers, body = gitea_push("acme/shop", "release/2.0")
     integ = gitea.select_integration(snap, headers, body, workspace="default")
-    assert not isinstance(integ, gitea.Rejected)
+    assert isinstance(integ, Integration)
     trigger = gitea.parse(headers, body, integ)
     assert isinstance(trigger, Trigger)
     assert names(match(snap, trigger)) == ["shop-release-regression"]

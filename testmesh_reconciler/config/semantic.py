@@ -56,7 +56,9 @@ def check(entries: Sequence[Entry], flow_files: Mapping[str, FlowDefinition],
           paths: set[str]) -> Outcome:
     pending: list[Pending] = []
     first: dict[tuple[str, str, str], Entry] = {}
-    for e in sorted(entries, key=lambda e: (e.source.file, e.source.line)):
+    # The loader hands entries over in (file, line) order already: files sorted by path,
+    # documents in order; so the first of two duplicates is the one kept.
+    for e in entries:
         ident = (e.kind, e.workspace, e.name)
         if ident in first:
             was = first[ident].source
@@ -70,7 +72,7 @@ def check(entries: Sequence[Entry], flow_files: Mapping[str, FlowDefinition],
     objects: dict[tuple[str, str, str], Declaration] = {
         k: e.obj for k, e in first.items() if e.obj is not None
     }
-    suites_by_id = {o.id: o for o in objects.values() if isinstance(o, Suite)}
+    suites_by_id = _LazySuites(objects)
     gitea_receivers: set[tuple[str, str]] = set()
 
     def names(kind: str, workspace: str) -> list[str]:
@@ -130,9 +132,22 @@ def check(entries: Sequence[Entry], flow_files: Mapping[str, FlowDefinition],
     return Outcome(tuple(out), tuple(pending))
 
 
+class _LazySuites:
+    """Suites by id, indexed only if a rule names its suite by ``suite_id``."""
+
+    def __init__(self, objects: Mapping[tuple[str, str, str], Declaration]) -> None:
+        self._objects = objects
+        self._index: dict[uuid.UUID, Suite] | None = None
+
+    def get(self, key: uuid.UUID) -> Suite | None:
+        if self._index is None:
+            self._index = {o.id: o for o in self._objects.values() if isinstance(o, Suite)}
+        return self._index.get(key)
+
+
 def _check_rule(rule: TriggerRule, declared: Mapping[tuple[str, str, str], Entry],
                 objects: Mapping[tuple[str, str, str], Declaration],
-                suites_by_id: Mapping[uuid.UUID, Suite], missing: _Missing,
+                suites_by_id: _LazySuites, missing: _Missing,
                 pending: list[Pending]) -> TriggerRule:
     ws = rule.workspace
     integ = objects.get(("Integration", ws, rule.integration))
@@ -239,11 +254,9 @@ def build_snapshot(objects: Iterable[Declaration], flow_files: Mapping[str, Flow
     """Freeze valid declarations into a snapshot with its lookup indexes."""
     by_kind: dict[str, dict[Key, Declaration]] = {
         k: {} for k in ("Integration", "TriggerRule", "Suite", "Flow", "TestEnvironment")}
-    by_id: dict[uuid.UUID, Declaration] = {}
     rules_by_source: dict[tuple[str, str, str], list[TriggerRule]] = {}
     for obj in objects:
         by_kind[obj.kind][(obj.workspace, obj.name)] = obj
-        by_id[obj.id] = obj
         if isinstance(obj, TriggerRule) and obj.enabled:
             rules_by_source.setdefault((obj.workspace, obj.integration, obj.repository),
                                        []).append(obj)
@@ -255,9 +268,9 @@ def build_snapshot(objects: Iterable[Declaration], flow_files: Mapping[str, Flow
         flows=FrozenDict(by_kind["Flow"]),
         environments=FrozenDict(by_kind["TestEnvironment"]),
         flow_files=FrozenDict(flow_files),
-        rules_by_source=FrozenDict({k: tuple(sorted(v, key=lambda r: r.name))
-                                    for k, v in rules_by_source.items()}),
-        by_id=FrozenDict(by_id),
+        rules_by_source=FrozenDict({
+            k: (v[0],) if len(v) == 1 else tuple(sorted(v, key=lambda r: r.name))
+            for k, v in rules_by_source.items()}),
         warnings=warnings,
         ignored=ignored,
     )

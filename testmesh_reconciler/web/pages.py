@@ -360,7 +360,7 @@ class Chart:
     gridlines: tuple[tuple[float, str], ...] = field(default=())
 
 
-def duration_chart(runs: Sequence[Run], *, width: int = 640, height: int = 140) -> Chart:
+def duration_chart(runs: Sequence[Run], *, width: int = 900, height: int = 160) -> Chart:
     """The duration trend of finished ``runs`` (given newest first, as the store pages)."""
     finished = [r for r in reversed(runs) if r.duration_ms is not None
                 and r.status in ("completed", "failed")]

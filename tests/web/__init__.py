@@ -186,7 +186,10 @@ async def fill_store(store: Store, clock: FakeClock, *, history: int = 24) -> Sa
     # a history of smoke runs for the suite page's chart and pass rate
     for i in range(history):
         at = clock.advance(600)
-        run = _run(at, trigger_ref=f"{i:040x}")
+        sha = f"{i * 7919:07x}" + SHA[7:]
+        run = _run(at, trigger_ref=sha, trigger={
+            "source": "argocd", "event": "sync", "repo": "acme/shop-deploy", "branch": "main",
+            "sha": sha, "short_sha": sha[:7], "app": "shop-staging"})
         delivery = _delivery(at, source="argocd", integration="argocd-staging", event="sync",
                              repo="acme/shop-deploy", app="shop-staging",
                              matched_rules=("shop-staging-smoke",))

@@ -52,7 +52,7 @@ def internal(snapshot: Snapshot) -> Integration:
 
 
 def test_registry_is_a_literal_dict_of_the_two_modules() -> None:
-    assert RECEIVERS == {"gitea": gitea, "argocd": argocd}
+    assert dict(RECEIVERS) == {"gitea": gitea, "argocd": argocd}
 
 
 # -- verify -------------------------------------------------------------------------------
