@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from testmesh_reconciler import __version__
 from testmesh_reconciler.errors import ConfigError, UsageError
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="testmesh-reconciler", description=(
         "GitOps reconciler for TestMesh test automation declared in Git."))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub: Any = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     v = sub.add_parser("validate", help="validate a config repo (dry-run); exit 1 on problems")
     v.add_argument("path", nargs="?", default=".", help="declarations root (default: .)")
@@ -36,10 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_validate)
 
     from testmesh_reconciler import cli_secrets, cli_serve, run_command
+    from testmesh_reconciler.demo import command as demo_command
 
     cli_serve.register(sub)
     run_command.register(sub)
     cli_secrets.register(sub)
+    demo_command.register(sub)
     return parser
 
 

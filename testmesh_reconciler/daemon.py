@@ -27,6 +27,7 @@ from testmesh_reconciler.sources.git import GitSource, is_local_git_repo, looks_
 from testmesh_reconciler.sources.watch import DirectorySource
 from testmesh_reconciler.state import StateHolder
 from testmesh_reconciler.store.clock import Clock, SystemClock
+from testmesh_reconciler.web import dispatch_ext
 from testmesh_reconciler.web.app import create_app
 
 log = get_logger("testmesh.daemon")
@@ -119,7 +120,7 @@ async def run(settings: Settings, services: Services, *,
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, _on_signal, stop, sig)
     _log_start(settings, services)
-    app = create_app(settings, services)
+    app = create_app(settings, services, extensions=[dispatch_ext.extension])
     runner = web.AppRunner(app, shutdown_timeout=settings.grace_period, access_log=None,
                            handle_signals=False)
     try:

@@ -47,6 +47,9 @@ class Services:
     http: httpx.AsyncClient | None = None
     #: Extra ``/api/v1/status`` fields (outbox, replicas...), merged in this order.
     status_providers: tuple[StatusProvider, ...] = ()
+    #: The environment manager (``dispatcher.EnvironmentAcquirer``: ``acquire``/``release``);
+    #: ``None`` = static environments only (routing rendered, nothing provisioned).
+    environments: Any = None
 
 
 def make_services(*, clock: Clock | None = None, reloader: Reloader | None = None,

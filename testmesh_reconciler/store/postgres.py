@@ -289,6 +289,14 @@ _SUPERSEDE_SQL = (
 _COUNT_PENDING_SQL = (
     "SELECT count(*) FROM (SELECT 1 FROM runs WHERE status = 'pending' LIMIT %s) AS p"
 )
+# The same, leaving out the runs this delivery supersedes (its (serial_key, queued_at) pairs).
+_COUNT_STAYING_SQL = """
+SELECT count(*) FROM (
+    SELECT 1 FROM runs AS r WHERE r.status = 'pending' AND NOT EXISTS (
+        SELECT 1 FROM unnest(%s::text[], %s::timestamptz[]) AS n(key, at)
+        WHERE r.serial_key = n.key AND r.claimed_by IS NULL AND r.queued_at <= n.at)
+    LIMIT %s) AS p
+"""
 _CLAIM_SQL = f"""
 SELECT {RUNS.qualified("r")} FROM runs AS r
 WHERE r.status = 'pending'
@@ -424,15 +432,23 @@ class PostgresStore:
         return applied
 
     @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Conn]:
-        """One transaction on a pooled connection; database errors become ``StoreError``."""
+    async def _tx(self, *, pipeline: bool = False) -> AsyncIterator[Conn]:
+        """One transaction on a pooled connection; database errors become ``StoreError``.
+
+        With ``pipeline``, statements are sent without waiting for each answer (BEGIN
+        included); a ``fetch*`` waits for what it needs, so a call costs fewer round trips.
+        """
         pool = self._pool
         if pool is None or self._closing:
             raise StoreError("the store is not open")
         self._inflight += 1  # before any await: close() waits for this call
         self._idle.clear()
         try:
-            async with pool.connection() as conn, conn.transaction():
+            async with contextlib.AsyncExitStack() as stack:
+                conn = await stack.enter_async_context(pool.connection())
+                if pipeline:
+                    await stack.enter_async_context(conn.pipeline())
+                await stack.enter_async_context(conn.transaction())
                 yield conn
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
@@ -472,8 +488,15 @@ class PostgresStore:
         received = _now(delivery.received_at)
         for run in runs:
             _now(run.queued_at)
-        async with self._tx() as conn:
-            return await _record_accepted(conn, delivery, runs, window, received, max_queued)
+        for _ in range(3):
+            try:
+                async with self._tx(pipeline=True) as conn:
+                    return await _record_accepted(
+                        conn, delivery, runs, window, received, max_queued
+                    )
+            except _LostKeyRace:  # rolled back; the next attempt answers ``duplicate``
+                continue
+        raise StoreError(f"dedup key {delivery.dedup_key!r} kept changing hands; retry")
 
     async def get_delivery(self, delivery_id: str) -> Delivery | None:
         sql = f"SELECT {DELIVERIES.select} FROM deliveries WHERE id = %s"
@@ -849,6 +872,10 @@ async def _duplicate(
     )
 
 
+class _LostKeyRace(Exception):
+    """Another replica committed the dedup key after this transaction looked: start over."""
+
+
 async def _record_accepted(
     conn: Conn,
     delivery: Delivery,
@@ -859,46 +886,39 @@ async def _record_accepted(
 ) -> RecordResult:
     """Dedup, supersede, queue cap and insert, as ``SqliteStore`` does, safe across replicas.
 
-    Deliveries touching the same serial keys are serialised by an advisory lock, so a new run
-    supersedes a pending one that another replica has just committed. The dedup key is
-    claimed by an upsert on its primary key; losing that race answers ``duplicate``.
+    Pipelined in two batches (look, then write). Deliveries touching the same serial keys
+    are serialised by an advisory lock taken first, so a new run supersedes a pending one
+    another replica has just committed. The dedup key is claimed by an upsert on its primary
+    key; when another replica committed it meanwhile, ``_LostKeyRace`` rolls back.
     """
-    serial_keys = sorted({r.serial_key for r in runs if r.serial_key})
-    if serial_keys:
-        await conn.execute(_SERIAL_LOCKS_SQL, (SERIAL_KEY_LOCK_CLASS, serial_keys))
+    keyed = [r for r in runs if r.serial_key]
+    if keyed:
+        keys = sorted({r.serial_key for r in keyed})
+        await conn.execute(_SERIAL_LOCKS_SQL, (SERIAL_KEY_LOCK_CLASS, keys))
     key = delivery.dedup_key
-    if key:
-        cur = await conn.execute(_DUPLICATE_OF_SQL, (key, window))
-        row = await cur.fetchone()
-        if row is not None:
-            return await _duplicate(conn, delivery, row[0], row[1])
+    peek = await conn.execute(_DUPLICATE_OF_SQL, (key, window)) if key else None
+    candidates = [await conn.execute(_SUPERSEDE_SQL, (r.serial_key, r.queued_at)) for r in keyed]
+    staying = max_queued - len(runs)  # pending runs that may stay besides the superseded
+    pairs = ([r.serial_key for r in keyed], [r.queued_at for r in keyed])
+    count = await conn.execute(_COUNT_STAYING_SQL, (*pairs, max(staying, 0) + 1))
 
+    if peek is not None and (row := await peek.fetchone()) is not None:
+        return await _duplicate(conn, delivery, row[0], row[1])
     superseded: list[tuple[RunId, Run]] = []
-    for run in runs:
-        if run.serial_key:
-            cur = await conn.execute(_SUPERSEDE_SQL, (run.serial_key, run.queued_at))
-            superseded += [(RunId(old_id), run) for (old_id,) in await cur.fetchall()]
-    allowed = max_queued - len(runs) + len(superseded)  # pending runs that may stay
-    if allowed < 0 or await _count_pending(conn, allowed) > allowed:
+    for run, cur in zip(keyed, candidates, strict=True):
+        superseded += [(RunId(old_id), run) for (old_id,) in await cur.fetchall()]
+    counted = await count.fetchone()
+    assert counted is not None
+    if staying < 0 or int(counted[0]) > staying:
         stored = replace(
             delivery, outcome="rejected", reason="queue full", runs=(), http_status=429
         )
         await conn.execute(DELIVERIES.insert, DELIVERIES.values(stored))
         return RecordResult(delivery=stored, rejected="queue full")
 
-    if key:
-        cur = await conn.execute(_CLAIM_KEY_SQL, (key, delivery.id, received, window))
-        if await cur.fetchone() is None:  # another replica committed the key meanwhile
-            cur = await conn.execute(
-                "SELECT d.id, d.runs FROM dedup_keys AS k JOIN deliveries AS d "
-                "ON d.id = k.delivery_id WHERE k.key = %s",
-                (key,),
-            )
-            row = await cur.fetchone()
-            if row is None:
-                raise StoreError(f"dedup key {key!r} is held by no delivery")
-            return await _duplicate(conn, delivery, row[0], row[1])
-
+    claim = (
+        await conn.execute(_CLAIM_KEY_SQL, (key, delivery.id, received, window)) if key else None
+    )
     run_ids = tuple(r.id for r in runs)
     stored = replace(delivery, runs=run_ids)
     cur = conn.cursor()
@@ -917,6 +937,8 @@ async def _record_accepted(
             "WHERE id = %s AND status = 'pending'",
             (f"superseded by run {new.id} (sha {new.short_sha})", new.queued_at, old_id),
         )
+    if claim is not None and await claim.fetchone() is None:
+        raise _LostKeyRace(key)
     return RecordResult(
         delivery=stored, run_ids=run_ids, superseded=tuple(old for old, _ in superseded)
     )

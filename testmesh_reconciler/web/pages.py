@@ -323,11 +323,16 @@ def step_view(step: Mapping[str, Any]) -> dict[str, Any]:
 def flow_view(flow: Mapping[str, Any]) -> dict[str, Any]:
     steps = [step_view(s) for s in flow.get("steps") or () if isinstance(s, Mapping)]
     counts = Counter(s["status"] for s in steps)
+    status = str(flow.get("status") or "pending")
+    name = flow.get("name") if flow.get("name") != flow.get("flow") else None
+    meta = [format_duration(flow.get("duration_ms"))] if status in ("passed", "failed") else []
+    meta += [str(v) for v in (flow.get("path"), name) if v]
     return {
         "flow": str(flow.get("flow") or flow.get("name") or "flow"),
-        "name": flow.get("name") if flow.get("name") != flow.get("flow") else None,
+        "name": name,
         "path": flow.get("path"),
-        "status": str(flow.get("status") or "pending"),
+        "status": status,
+        "meta": meta,
         "duration": format_duration(flow.get("duration_ms")),
         "error": flow.get("error"),
         "steps": steps,
@@ -559,7 +564,7 @@ class Pages:
         label = run_label(run)
         return self.render(
             "run.html", nav="",
-            run=run, label=label,
+            run=run, label=label, expand=request.query.get("details") == "open",
             refresh=REFRESH_SECONDS if run.status in ("pending", "running") else None,
             trigger=trigger_view(run, gitea_url(snapshot, run)),
             instance=instance, declared_env=declared_env,

@@ -36,6 +36,7 @@ from testmesh_reconciler.store import (
     Store,
     new_id,
 )
+from testmesh_reconciler.store.records import EnvironmentState
 from testmesh_reconciler.validate import load_directory
 from testmesh_reconciler.web.pages import PageState, ReloadInfo, add_page_routes
 
@@ -115,9 +116,10 @@ def _run(at: datetime, **fields: Any) -> Run:
 
 def _http_step(step_id: str, url: str, status: int, ms: int, *, failed: bool = False,
                body: Any = None) -> StepResult:
-    assertions = (AssertionResult("status == 200", passed=status == 200,
-                                  message=None if status == 200 else "expected 200",
-                                  values=(("status", str(status)),)),)
+    assertions: tuple[AssertionResult, ...] = (
+        AssertionResult("status == 200", passed=status == 200,
+                        message=None if status == 200 else "expected 200",
+                        values=(("status", str(status)),)),)
     if failed:
         assertions += (AssertionResult(
             "body.items[0].price > 0 && len(body.items) >= 3", passed=False,
@@ -308,16 +310,18 @@ async def fill_store(store: Store, clock: FakeClock, *, history: int = 24) -> Sa
                                 max_queued=100_000)
     claimed = await store.claim_run("replica-a", clock.now(), 30)
     assert claimed is not None and claimed.id == running.id
-    flows = failed_flows(base)[:1] + (
-        {"flow": "product-catalog", "name": "Product catalog", "status": "running",
-         "steps": []},)
+    flows = (*failed_flows(base)[:1],
+             {"flow": "product-catalog", "name": "Product catalog", "status": "running",
+              "steps": []})
     assert await store.save_progress(replace(claimed, total_flows=3, passed_flows=1,
                                              flows=flows))
 
     # more environments, one per state
     now = clock.now()
-    for state, ctx, used in (("provisioning", "pr-57", 0), ("cooling", "pr-31", 50),
-                             ("destroyed", "pr-12", 200), ("cold", "pr-60", 1)):
+    states: tuple[tuple[EnvironmentState, str, int], ...] = (
+        ("provisioning", "pr-57", 0), ("cooling", "pr-31", 50), ("destroyed", "pr-12", 200),
+        ("cold", "pr-60", 1))
+    for state, ctx, used in states:
         assert await store.insert_environment(EnvironmentInstance(
             id=EnvironmentId(new_id()), workspace="default", name="shop-pr-review",
             context=ctx, state=state, provider="argocd", created_at=now, ttl_minutes=60,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from testmesh_reconciler.store import FakeClock, SqliteStore, Store
@@ -20,6 +21,8 @@ from testmesh_reconciler.web.pages import (
     page_state_of,
 )
 from tests.web import PR_SHA, REVISION, SECRET, SHA, Sample, fill_store, page_app, sample_state
+
+Client = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture
@@ -42,13 +45,13 @@ async def sample(store: Store, clock: FakeClock) -> Sample:
 
 @pytest.fixture
 async def client(store: Store, clock: FakeClock, sample: Sample
-                 ) -> AsyncIterator[TestClient[object, object]]:
+                 ) -> AsyncIterator[Client]:
     state = sample_state(clock.now(), failed_reload=True)
     async with TestClient(TestServer(page_app(store, lambda: state, clock))) as c:
         yield c
 
 
-async def get(client: TestClient[object, object], path: str, status: int = 200) -> str:
+async def get(client: Client, path: str, status: int = 200) -> str:
     response = await client.get(path)
     text = await response.text()
     assert response.status == status, text[:500]
@@ -62,7 +65,7 @@ def squash(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
-async def test_overview(client: TestClient[object, object]) -> None:
+async def test_overview(client: Client) -> None:
     html = await get(client, "/")
     text = squash(html)
     assert REVISION in html
@@ -77,7 +80,7 @@ async def test_overview(client: TestClient[object, object]) -> None:
     assert SECRET not in html
 
 
-async def test_run_page_failed(client: TestClient[object, object], sample: Sample) -> None:
+async def test_run_page_failed(client: Client, sample: Sample) -> None:
     html = await get(client, f"/suite-runs/{sample.failed_run}")
     text = squash(html)
     assert f"<title>smoke run {sample.failed_run[:8]} — failed" in html
@@ -103,7 +106,7 @@ async def test_run_page_failed(client: TestClient[object, object], sample: Sampl
     assert "user-service.staging.svc.cluster.local" in text
 
 
-async def test_run_page_pr_links_and_passed(client: TestClient[object, object],
+async def test_run_page_pr_links_and_passed(client: Client,
                                             sample: Sample) -> None:
     html = await get(client, f"/suite-runs/{sample.passed_run}")
     text = squash(html)
@@ -115,14 +118,14 @@ async def test_run_page_pr_links_and_passed(client: TestClient[object, object],
     assert "review-pr-42" in text
 
 
-async def test_run_page_running_refreshes(client: TestClient[object, object],
+async def test_run_page_running_refreshes(client: Client,
                                           sample: Sample) -> None:
     html = await get(client, f"/suite-runs/{sample.running_run}")
     assert '<meta http-equiv="refresh" content="5">' in html
     assert "— running" in html
 
 
-async def test_run_page_manual_and_cancelled(client: TestClient[object, object],
+async def test_run_page_manual_and_cancelled(client: Client,
                                              sample: Sample) -> None:
     text = squash(await get(client, f"/suite-runs/{sample.manual_run}"))
     assert "Manual run" in text and "Manual runs post no commit status" in text
@@ -130,12 +133,12 @@ async def test_run_page_manual_and_cancelled(client: TestClient[object, object],
     assert "— cancelled" in text and "superseded by run 1234abcd" in text
 
 
-async def test_unknown_run_is_an_html_404(client: TestClient[object, object]) -> None:
+async def test_unknown_run_is_an_html_404(client: Client) -> None:
     html = await get(client, "/suite-runs/no-such-run", status=404)
     assert "Run not found" in html and "no-such-run" in html
 
 
-async def test_suite_page(client: TestClient[object, object]) -> None:
+async def test_suite_page(client: Client) -> None:
     html = await get(client, "/suites/default/smoke")
     text = squash(html)
     assert "Post-deploy smoke tests of the shop API" in text
@@ -159,7 +162,7 @@ async def test_suite_paging(store: Store, clock: FakeClock) -> None:
         assert "Older runs" in html2 and "← Newest" in html2
 
 
-async def test_deliveries_filters_and_reasons(client: TestClient[object, object]) -> None:
+async def test_deliveries_filters_and_reasons(client: Client) -> None:
     html = await get(client, "/deliveries")
     text = squash(html)
     assert "application billing-prod does not match the app filter" in text
@@ -176,7 +179,7 @@ async def test_deliveries_filters_and_reasons(client: TestClient[object, object]
     await get(client, "/deliveries?source=%3Cx%3E&outcome=bogus")
 
 
-async def test_deliveries_paging(client: TestClient[object, object]) -> None:
+async def test_deliveries_paging(client: Client) -> None:
     html = await get(client, "/deliveries")
     older = re.search(r'href="(/deliveries\?before=[^"]+)"', html)
     assert older is None  # fewer than 50
@@ -184,7 +187,7 @@ async def test_deliveries_paging(client: TestClient[object, object]) -> None:
     assert html.count("<tr>") <= 51
 
 
-async def test_environments(client: TestClient[object, object], sample: Sample) -> None:
+async def test_environments(client: Client, sample: Sample) -> None:
     html = await get(client, "/test-environments")
     text = squash(html)
     for state in ("provisioning", "warm", "running", "cooling", "destroyed", "cold"):
@@ -195,7 +198,7 @@ async def test_environments(client: TestClient[object, object], sample: Sample) 
     assert "pr-31" in text and "pr-42" not in text
 
 
-async def test_config_never_shows_secrets(client: TestClient[object, object]) -> None:
+async def test_config_never_shows_secrets(client: Client) -> None:
     html = await get(client, "/config")
     text = squash(html)
     assert "integrations/gitea.yaml:" in text and "rules/shop-staging.yaml:" in text

@@ -71,6 +71,10 @@ async def test_every_page_in_chromium(chromium: str, served: tuple[str, Sample])
     assert "Assertion failed:" in dom and "<details>" in dom
     assert "<script>alert(1)</script>" not in dom
 
+    dom = await load(chromium, f"{base}/suite-runs/{sample.failed_run}?details=open",
+                     "run-failed-expanded", height=3200)
+    assert "<details open" in dom and "Authorization: ***" in dom
+
     dom = await load(chromium, f"{base}/suite-runs/{sample.passed_run}", "run-passed")
     assert "https://gitea.internal/acme/shop/pulls/42" in dom and "All 3 flows passed" in dom
 
