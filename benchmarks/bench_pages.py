@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testmesh_reconciler.store import (  # noqa: E402
+from testmesh_reconciler.store import (
     Delivery,
     DeliveryId,
     FakeClock,
@@ -33,7 +33,7 @@ from testmesh_reconciler.store import (  # noqa: E402
     Store,
     new_id,
 )
-from tests.web import (  # noqa: E402
+from tests.web import (
     SHA,
     WINDOW_START,
     failed_flows,

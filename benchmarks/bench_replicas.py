@@ -156,7 +156,7 @@ def _run(
         "p50_ms": round(statistics.median(latencies) * 1000, 2),
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 2),
         "client_cpu_s": round(sum(o["client_cpu_s"] for o in outs), 2),
-        "server_cpu_s": None if server0 is None else round(server1 - server0, 2),  # type: ignore[operator]
+        "server_cpu_s": None if server0 is None or server1 is None else round(server1 - server0, 2),
         "wall_s": round(elapsed, 2),
     }
 

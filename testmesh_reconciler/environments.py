@@ -6,17 +6,36 @@ store-backed acquisition, release and reaping build on it below.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
-from collections.abc import Awaitable, Callable, Hashable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
 
+import httpx
+
 from testmesh_reconciler.config.frozen import thaw
-from testmesh_reconciler.config.model import ALL_TRIGGER_VARIABLES, TestEnvironment
+from testmesh_reconciler.config.model import (
+    ALL_TRIGGER_VARIABLES,
+    Integration,
+    Snapshot,
+    TestEnvironment,
+)
+from testmesh_reconciler.errors import ProviderError, TestmeshError
+from testmesh_reconciler.log import get_logger
+from testmesh_reconciler.providers.argocd import ArgoCDClient, Sleep, ensure_ready
 from testmesh_reconciler.runner.expressions import MISSING
 from testmesh_reconciler.runner.interpolate import Builtins, Scope, interpolate
+from testmesh_reconciler.store.base import Store
+from testmesh_reconciler.store.clock import Clock
+from testmesh_reconciler.store.records import (
+    EnvironmentId,
+    EnvironmentInstance,
+    EnvironmentState,
+    new_id,
+)
 
 # ============================================================================================
 # Pure core: rendering, TTL, reuse (no IO, no clock of its own)
@@ -209,3 +228,570 @@ class SingleFlight(Generic[K, V]):
             del self._tasks[key]
         if not task.cancelled():
             task.exception()  # retrieved, so a call nobody awaits any more logs no warning
+
+
+# ============================================================================================
+# Imperative shell: store-backed acquisition, release, teardown and the TTL reaper
+# ============================================================================================
+#
+# Records: one ``EnvironmentInstance`` per provisioned environment, keyed by (workspace,
+# name, context); a TestEnvironment without ``context`` gets the per-run context
+# ``run:<run id>``. ``static`` environments are recorded too (no Argo CD calls), so every
+# environment a run used shows in ``GET /api/v1/test-environments`` and the dashboard.
+#
+# Concurrency: acquisitions for one key share one call (``SingleFlight``) in a process; across
+# replicas the store's unique live key lets one insert win, and the others wait for its
+# ``provisioning`` record. Every write of a record happens under a per-id ``asyncio.Lock``
+# and the store lease (``lock_environment``) with an owner token unique to the operation;
+# provisioning holds that lease for ``provision_timeout`` + a margin, so a replica that died
+# mid-provisioning is detected (lease expired) and another one takes over.
+
+#: Context recorded for an environment that declares none: it belongs to that one run.
+RUN_CONTEXT_PREFIX: Final = "run:"
+#: Seconds a short lease (take, release, teardown) lasts; covers one Argo CD delete call.
+LOCK_LEASE: Final = 60.0
+#: Seconds between attempts to take a lease another operation holds.
+LOCK_POLL: Final = 0.05
+#: Seconds added to ``provision_timeout`` for the provisioning lease (create + sync calls).
+PROVISION_MARGIN: Final = 120.0
+#: Seconds between reads of a record another replica is provisioning.
+PROVISION_POLL: Final = 1.0
+#: How often one acquisition starts over after losing a race (record reaped, key taken).
+ACQUIRE_ATTEMPTS: Final = 5
+#: Prefix of the ``error`` a failed delete leaves on a record (cleared once it succeeds).
+TEARDOWN_FAILED: Final = "teardown failed"
+
+_log = get_logger("testmesh.environments")
+
+EnvKey = tuple[str, str, str]  # (workspace, name, context)
+ClientFactory = Callable[[Integration], ArgoCDClient]
+SnapshotSource = Callable[[], Snapshot | None]
+
+
+class EnvironmentUnavailable(TestmeshError):
+    """A run's environment could not be acquired (not declared, a template that does not
+    render, provisioning failed or timed out): the run fails, its status is ``error``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    """An environment held by one run until ``release``.
+
+    ``instance_id`` is the store record; ``routing`` (service -> URL) is what flows read as
+    ``${service.<name>}``; ``context`` is the rendered context (None: a per-run environment,
+    released to ``cooling`` instead of ``warm``).
+    """
+
+    instance_id: str | None
+    routing: dict[str, str]
+    name: str
+    context: str | None = None
+
+
+class _Retry(Exception):
+    """The record changed under us (reaped, claimed by another replica): look again."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """What one acquisition asks for: the declaration, its rendering and the provider."""
+
+    declared: TestEnvironment
+    rendered: Rendered
+    context: str
+    client: ArgoCDClient | None  # None: static, nothing to provision
+
+    @property
+    def key(self) -> EnvKey:
+        return (self.declared.workspace, self.declared.name, self.context)
+
+
+class _KeyedLocks:
+    """One ``asyncio.Lock`` per record id, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[key]
+
+
+class _Lease:
+    """A held store lease on one record; ``write`` stores a new version and (unless
+    ``keep``) ends the lease in the same update."""
+
+    def __init__(self, manager: EnvironmentManager, env_id: EnvironmentId, token: str,
+                 until: datetime) -> None:
+        self._manager = manager
+        self.env_id = env_id
+        self.token = token
+        self.until = until
+        self.held = True
+
+    async def write(self, env: EnvironmentInstance, *, expect: EnvironmentState,
+                    keep: bool = False) -> EnvironmentInstance:
+        owner = (self.token, self.until) if keep else (None, None)
+        new = replace(env, owner=owner[0], lock_until=owner[1])
+        if not await self._manager.store.update_environment(new, expect_state=expect):
+            raise _Retry
+        self.held = keep
+        return new
+
+
+class EnvironmentManager:
+    """Acquires environments for runs, releases them, tears them down, reaps expired ones.
+
+    ``clock`` gives the records' wall time; ``sleep`` is the one way it waits (Argo CD
+    polling, lease retries), so tests drive both. ``replica`` names this process in the
+    owner of its leases. ``argocd_client_for`` builds the Argo CD client of an integration
+    (default: ``ArgoCDClient`` on the shared ``http`` client); ``snapshot`` gives the active
+    config, used to find the integration of an environment torn down outside a run.
+    """
+
+    def __init__(self, store: Store, *, http: httpx.AsyncClient, clock: Clock, sleep: Sleep,
+                 replica: str, provision_timeout: float,
+                 argocd_client_for: ClientFactory | None = None,
+                 snapshot: SnapshotSource | None = None) -> None:
+        self.store = store
+        self._http = http
+        self._clock = clock
+        self._sleep = sleep
+        self._replica = replica
+        self._provision_timeout = provision_timeout
+        self._client_for = argocd_client_for or self._default_client
+        self._snapshot = snapshot
+        self._flight: SingleFlight[EnvKey, EnvironmentInstance] = SingleFlight()
+        self._locks = _KeyedLocks()
+        self._integrations: dict[tuple[str, str], Integration] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        #: Provisionings started by this manager (Argo CD or static), for tests and metrics.
+        self.provisionings = 0
+
+    def _default_client(self, integration: Integration) -> ArgoCDClient:
+        token = integration.secret("token")
+        if integration.url is None or token is None:
+            raise EnvironmentUnavailable(
+                f"Integration {integration.name!r} needs config.url and secrets.token to "
+                f"provision environments")
+        return ArgoCDClient(self._http, integration.url, token,
+                            clock=lambda: self._clock.now().timestamp(), sleep=self._sleep)
+
+    # -- acquisition ---------------------------------------------------------------------
+
+    async def acquire(self, *, snapshot: Snapshot, workspace: str, name: str,
+                      variables: Mapping[str, str], run_id: str) -> Acquired:
+        """Hold the environment ``name`` for run ``run_id``: reuse a live one of the same
+        context within its TTL, else provision it (once, however many runs ask at once).
+
+        Raises ``EnvironmentUnavailable`` with a message saying what to fix.
+        """
+        target = self._target(snapshot, workspace, name, variables, run_id)
+        for _ in range(ACQUIRE_ATTEMPTS):
+            try:
+                ready = await self._flight.run(target.key, lambda: self._obtain(target))
+            except _Retry:
+                continue
+            taken = await self._take(ready.id, target.rendered.routing)
+            if taken is not None:
+                _log.info("environment_acquired", environment=name, workspace=workspace,
+                          context=target.context, instance=taken.id, run_id=run_id,
+                          users=taken.users)
+                return Acquired(taken.id, dict(taken.routing), name, target.rendered.context)
+        raise EnvironmentUnavailable(
+            f"TestEnvironment {name!r} (context {target.context!r}) kept changing while it was "
+            f"acquired (torn down or claimed elsewhere {ACQUIRE_ATTEMPTS} times); run again")
+
+    def _target(self, snapshot: Snapshot, workspace: str, name: str,
+                variables: Mapping[str, str], run_id: str) -> _Target:
+        declared = snapshot.environments.get((workspace, name))
+        if declared is None:
+            raise EnvironmentUnavailable(
+                f"no TestEnvironment {name!r} in workspace {workspace!r} at revision "
+                f"{snapshot.revision or '(unknown)'}; declare it or fix the `environment` "
+                f"that names it")
+        rendered = render_environment(declared, variables)
+        if isinstance(rendered, RenderError):
+            raise EnvironmentUnavailable(rendered.message)
+        context = rendered.context if rendered.context is not None \
+            else f"{RUN_CONTEXT_PREFIX}{run_id}"
+        client: ArgoCDClient | None = None
+        if declared.provider == "argocd":
+            client = self._client_for(self._integration(snapshot, declared))
+            if not rendered.provider_app_name:
+                raise EnvironmentUnavailable(
+                    f"TestEnvironment {name!r} uses provider argocd but declares no "
+                    f"provider_app_name; add spec.provider_app_name")
+        elif declared.provider != "static":
+            raise EnvironmentUnavailable(
+                f"TestEnvironment {name!r}: provider {declared.provider!r} is not supported "
+                f"(use argocd or static)")
+        return _Target(declared, rendered, context, client)
+
+    def _integration(self, snapshot: Snapshot, declared: TestEnvironment) -> Integration:
+        integration: Integration | None = snapshot.integrations.get(
+            (declared.workspace, declared.integration or ""))
+        if integration is None:
+            raise EnvironmentUnavailable(
+                f"TestEnvironment {declared.name!r} names Integration "
+                f"{declared.integration!r}, which workspace {declared.workspace!r} does not "
+                f"declare; fix spec.integration")
+        self._integrations[(declared.workspace, declared.name)] = integration
+        return integration
+
+    async def _obtain(self, target: _Target) -> EnvironmentInstance:
+        """A live record for ``target.key`` that a run may take: reused, provisioned by
+        another replica, or provisioned here. Shared by concurrent callers of one key."""
+        ws, name, context = target.key
+        for _ in range(ACQUIRE_ATTEMPTS):
+            try:
+                found = await self.store.find_reusable(ws, name, context)
+                if found is not None:
+                    return await self._use_existing(found, target)
+                await self._clear_pending_teardowns(target)
+                return await self._provision_new(target)
+            except _Retry:
+                continue
+        raise _Retry
+
+    async def _use_existing(self, found: EnvironmentInstance,
+                            target: _Target) -> EnvironmentInstance:
+        now = self._clock.now()
+        if found.state == "provisioning":
+            return await self._await_provisioning(found, target)
+        if found.state == "running":
+            return found  # shared with the runs that hold it now
+        same = found.provider == target.declared.provider \
+            and found.provider_app_name == target.rendered.provider_app_name
+        if not same:  # the declaration changed: drop the old one, provision the new one
+            await self.teardown(found.id)
+            raise _Retry
+        last_used = found.last_used_at or found.created_at
+        if found.error is None and reusable(found.state, last_used, found.ttl_minutes, now):
+            _log.debug("environment_reused", instance=found.id, context=found.context)
+            return found
+        return await self._reprovision(found, target)  # expired or failed: sync again
+
+    async def _provision_new(self, target: _Target) -> EnvironmentInstance:
+        now = self._clock.now()
+        token = self._token()
+        until = now + timedelta(seconds=self._provision_timeout + PROVISION_MARGIN)
+        declared, rendered = target.declared, target.rendered
+        instance = EnvironmentInstance(
+            id=EnvironmentId(new_id()), workspace=declared.workspace, name=declared.name,
+            context=target.context, state="provisioning", provider=declared.provider,
+            created_at=now, ttl_minutes=declared.ttl_minutes,
+            provider_app_name=rendered.provider_app_name, namespace=rendered.namespace,
+            routing=dict(rendered.routing), last_used_at=now,
+            expires_at=expires_at(now, declared.ttl_minutes), owner=token, lock_until=until)
+        if not await self.store.insert_environment(instance):
+            raise _Retry  # another replica inserted this key first: wait for its record
+        return await self._provision(instance, target)
+
+    async def _reprovision(self, found: EnvironmentInstance,
+                           target: _Target) -> EnvironmentInstance:
+        """Claim an idle (expired or failed) or abandoned record and provision it again."""
+        now = self._clock.now()
+        token = self._token()
+        until = now + timedelta(seconds=self._provision_timeout + PROVISION_MARGIN)
+        async with self._locks.hold(found.id):
+            lease = self._provision_timeout + PROVISION_MARGIN
+            if not await self.store.lock_environment(found.id, token, now, lease):
+                raise _Retry
+            fresh = await self.store.get_environment(found.id)
+            if fresh is None or fresh.teardown_requested or fresh.users \
+                    or fresh.state not in ("warm", "cooling", "provisioning"):
+                await self.store.lock_environment(found.id, token, now, -1.0)
+                raise _Retry
+            rendered = target.rendered
+            claimed = replace(fresh, state="provisioning", routing=dict(rendered.routing),
+                              namespace=rendered.namespace, owner=token, lock_until=until)
+            if not await self.store.update_environment(claimed, expect_state=fresh.state):
+                raise _Retry
+        return await self._provision(claimed, target)
+
+    async def _provision(self, instance: EnvironmentInstance,
+                         target: _Target) -> EnvironmentInstance:
+        """Bring the Argo CD app to Healthy (nothing for static), then store ``warm`` (or
+        ``cooling`` with the error, kept for its TTL so people can look at it)."""
+        self.provisionings += 1
+        log = _log.bind(environment=instance.name, context=instance.context,
+                        instance=instance.id, app=instance.provider_app_name)
+        log.info("environment_provisioning", provider=instance.provider)
+        error: str | None = None
+        if target.client is not None and instance.provider_app_name:
+            try:
+                await ensure_ready(target.client, app_name=instance.provider_app_name,
+                                   namespace=instance.namespace,
+                                   template=target.rendered.application, revision=None,
+                                   timeout=self._provision_timeout)
+            except ProviderError as exc:
+                error = str(exc)
+            except Exception as exc:  # never leave the record stuck in provisioning
+                log.exception("environment_provision_crashed")
+                error = f"{type(exc).__name__}: {exc}"
+        now = self._clock.now()
+        done = replace(instance, users=0, last_used_at=now,
+                       expires_at=expires_at(now, instance.ttl_minutes), owner=None,
+                       lock_until=None, state="cooling" if error else "warm",
+                       error=f"provisioning failed: {error}" if error else None)
+        stored = await self.store.update_environment(done, expect_state="provisioning")
+        if error is not None:
+            log.warning("environment_provision_failed", error=error)
+            raise EnvironmentUnavailable(
+                f"TestEnvironment {instance.name!r} (context {instance.context!r}) could not "
+                f"be provisioned: {error}")
+        if not stored:
+            raise _Retry
+        log.info("environment_provisioned")
+        return done
+
+    async def _await_provisioning(self, found: EnvironmentInstance,
+                                  target: _Target) -> EnvironmentInstance:
+        """Wait for another replica's provisioning; take over when its lease ran out."""
+        current: EnvironmentInstance | None = found
+        while current is not None:
+            if current.state != "provisioning":
+                if current.teardown_requested or current.state not in \
+                        ("warm", "cooling", "running"):
+                    raise _Retry
+                if current.error is not None:
+                    raise EnvironmentUnavailable(
+                        f"TestEnvironment {current.name!r} (context {current.context!r}): "
+                        f"{current.error}")
+                return current
+            if current.lock_until is None or current.lock_until < self._clock.now():
+                _log.warning("environment_provisioning_abandoned", instance=current.id,
+                             owner=current.owner)
+                return await self._reprovision(current, target)
+            await self._sleep(PROVISION_POLL)
+            current = await self.store.get_environment(found.id)
+        raise _Retry
+
+    async def _clear_pending_teardowns(self, target: _Target) -> None:
+        """Before a new record for a key, finish tearing down its predecessors: they name
+        the same Argo CD app, whose late delete would take the new environment down."""
+        for old in await self.store.environments_to_teardown():
+            if (old.workspace, old.name, old.context) != target.key:
+                continue
+            if old.state == "running" or old.users:
+                raise EnvironmentUnavailable(
+                    f"TestEnvironment {old.name!r} (context {old.context!r}) is to be torn "
+                    f"down (DELETE requested) once the run holding it ends; run again then")
+            result = await self.teardown(old.id)
+            if result is not None and result.state != "destroyed":
+                raise EnvironmentUnavailable(
+                    f"the previous TestEnvironment {old.name!r} (context {old.context!r}) is "
+                    f"not torn down yet: {result.error}")
+
+    async def _take(self, env_id: EnvironmentId,
+                    routing: Mapping[str, str]) -> EnvironmentInstance | None:
+        """Count one more run on a live record (state ``running``); None when it went away."""
+        async with self._leased(env_id) as lease:
+            fresh = await self.store.get_environment(env_id)
+            if fresh is None or fresh.teardown_requested or fresh.error is not None \
+                    or fresh.state not in ("warm", "cooling", "running"):
+                return None
+            now = self._clock.now()
+            taken = replace(fresh, state="running", users=fresh.users + 1, last_used_at=now,
+                            expires_at=expires_at(now, fresh.ttl_minutes), routing=dict(routing))
+            try:
+                return await lease.write(taken, expect=fresh.state)
+            except _Retry:
+                return None
+
+    # -- release and teardown ------------------------------------------------------------
+
+    async def release(self, acquired: Acquired, *, failed: bool) -> None:
+        """The run is over: one user less; the last one leaves it ``warm`` (a context) or
+        ``cooling`` (a per-run environment), its TTL counted from now. ``failed`` is only
+        logged: a failing test says nothing about the environment. A teardown requested
+        while the run held it happens now."""
+        if acquired.instance_id is None:
+            return
+        env_id = EnvironmentId(acquired.instance_id)
+        async with self._leased(env_id) as lease:
+            fresh = await self.store.get_environment(env_id)
+            if fresh is None or fresh.state == "destroyed":
+                return
+            now = self._clock.now()
+            users = max(0, fresh.users - 1)
+            state: EnvironmentState = fresh.state
+            if users == 0 and state == "running":
+                state = "warm" if acquired.context is not None else "cooling"
+            released = await lease.write(
+                replace(fresh, users=users, state=state, last_used_at=now,
+                        expires_at=expires_at(now, fresh.ttl_minutes)), expect=fresh.state)
+        _log.info("environment_released", instance=env_id, context=released.context,
+                  state=released.state, users=users, run_failed=failed)
+        if users == 0 and released.teardown_requested:
+            await self.teardown(env_id)
+
+    async def teardown(self, instance_id: str, *, wait: float | None = None,
+                       if_expired_at: datetime | None = None) -> EnvironmentInstance | None:
+        """Delete the environment's Argo CD app (cascade) and mark the record ``destroyed``.
+
+        A held (``running``) environment is only marked; its last ``release`` tears it
+        down. A failed delete leaves ``teardown_requested`` and the error on the record, so
+        the reaper tries again. Returns the record as stored (None when unknown).
+        ``if_expired_at`` (the reaper's) skips a record a run took since it was listed.
+        """
+        env_id = EnvironmentId(instance_id)
+        async with self._leased(env_id, wait=wait) as lease:
+            fresh = await self.store.get_environment(env_id)
+            if fresh is None or fresh.state == "destroyed":
+                return fresh
+            if if_expired_at is not None and not fresh.teardown_requested and (
+                    fresh.users or fresh.state not in REUSABLE_STATES
+                    or fresh.expires_at is None or fresh.expires_at > if_expired_at):
+                return fresh
+            if fresh.state == "running" or fresh.users:
+                if fresh.teardown_requested:
+                    return fresh
+                _log.info("environment_teardown_deferred", instance=env_id, users=fresh.users)
+                return await lease.write(replace(fresh, teardown_requested=True),
+                                         expect=fresh.state)
+            marked = await lease.write(replace(fresh, teardown_requested=True),
+                                       expect=fresh.state, keep=True)
+            error = await self._delete(marked)
+            if error is not None:
+                _log.warning("environment_teardown_failed", instance=env_id,
+                             app=marked.provider_app_name, error=error)
+                return await lease.write(replace(marked, error=f"{TEARDOWN_FAILED}: {error}"),
+                                         expect=marked.state)
+            kept = None if (marked.error or "").startswith(TEARDOWN_FAILED) else marked.error
+            destroyed = await lease.write(
+                replace(marked, state="destroyed", users=0, error=kept), expect=marked.state)
+        _log.info("environment_destroyed", instance=env_id, environment=destroyed.name,
+                  context=destroyed.context, app=destroyed.provider_app_name)
+        return destroyed
+
+    async def _delete(self, env: EnvironmentInstance) -> str | None:
+        """Delete the provider's side; the error text, or None when nothing is left."""
+        if env.provider != "argocd" or not env.provider_app_name:
+            return None
+        integration = self._integrations.get((env.workspace, env.name))
+        snapshot = self._snapshot() if self._snapshot is not None else None
+        declared = snapshot.environments.get((env.workspace, env.name)) if snapshot else None
+        if snapshot is not None and declared is not None and declared.provider == "argocd":
+            integration = snapshot.integrations.get(
+                (env.workspace, declared.integration or "")) or integration
+        if integration is None:
+            return (f"no Integration known for TestEnvironment {env.name!r} (no longer "
+                    f"declared?); delete Argo CD application {env.provider_app_name!r} "
+                    f"yourself")
+        try:
+            await self._client_for(integration).delete_app(env.provider_app_name)
+        except (ProviderError, EnvironmentUnavailable) as exc:
+            return str(exc)
+        return None
+
+    async def request_teardown(self, instance_id: str) -> EnvironmentInstance | None:
+        """Start ``teardown`` in the background (``DELETE`` answers at once); the record as
+        it is now, or None when unknown."""
+        found = await self.store.get_environment(instance_id)
+        if found is None or found.state == "destroyed":
+            return found
+        task = asyncio.get_running_loop().create_task(self._teardown_quietly(instance_id),
+                                                      name=f"environment-teardown:{instance_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return found
+
+    async def _teardown_quietly(self, instance_id: str) -> None:
+        try:
+            await self.teardown(instance_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.exception("environment_teardown_crashed", instance=instance_id)
+
+    async def drain(self) -> None:
+        """Wait for the teardowns ``request_teardown`` started."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Cancel background teardowns (records keep ``teardown_requested``: the reaper of
+        the next start finishes them)."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- the reaper ----------------------------------------------------------------------
+
+    async def reap_once(self, now: datetime) -> int:
+        """One reaper pass: tear down expired idle environments, retry failed teardowns,
+        recover records whose provisioning replica went away. Returns how many it destroyed.
+        """
+        candidates: dict[str, datetime | None] = {}
+        for env in await self.store.expired_environments(now):
+            candidates[env.id] = now
+        for env in await self.store.environments_to_teardown():
+            if env.state != "running" and not env.users:
+                candidates[env.id] = None
+        for env in await self.store.list_environments(state="provisioning", limit=500):
+            if env.lock_until is None or env.lock_until < now:
+                candidates[env.id] = None
+        destroyed = 0
+        for env_id, expired in candidates.items():
+            try:
+                result = await self.teardown(env_id, wait=LOCK_LEASE, if_expired_at=expired)
+            except EnvironmentUnavailable as exc:  # busy elsewhere: next pass
+                _log.info("environment_reap_skipped", instance=env_id, reason=str(exc))
+                continue
+            if result is not None and result.state == "destroyed":
+                destroyed += 1
+        if destroyed:
+            _log.info("environments_reaped", destroyed=destroyed, candidates=len(candidates))
+        return destroyed
+
+    async def run_reaper(self, interval: float) -> None:
+        """``reap_once`` every ``interval`` seconds, forever (run it under a guard)."""
+        while True:
+            try:
+                await self.reap_once(self._clock.now())
+            except TestmeshError as exc:  # store trouble: try again next pass
+                _log.warning("environment_reaper_failed", error=str(exc))
+            await self._sleep(interval)
+
+    # -- leases --------------------------------------------------------------------------
+
+    def _token(self) -> str:
+        return f"{self._replica}/{new_id()[:8]}"
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, env_id: EnvironmentId, *, wait: float | None = None
+                      ) -> AsyncIterator[_Lease]:
+        """Hold record ``env_id``: the in-process lock, then the store lease (retried until
+        ``wait`` seconds, by default as long as a provisioning lease may last)."""
+        limit = wait if wait is not None else self._provision_timeout + PROVISION_MARGIN
+        async with self._locks.hold(env_id):
+            token = self._token()
+            start = self._clock.now()
+            delay = LOCK_POLL
+            while True:
+                now = self._clock.now()
+                if await self.store.lock_environment(env_id, token, now, LOCK_LEASE):
+                    break
+                if (now - start).total_seconds() >= limit:
+                    raise EnvironmentUnavailable(
+                        f"environment {env_id} is busy (another operation holds its lease); "
+                        f"try again later")
+                await self._sleep(delay)
+                delay = min(delay * 2, 1.0)
+            lease = _Lease(self, env_id, token, now + timedelta(seconds=LOCK_LEASE))
+            try:
+                yield lease
+            finally:
+                if lease.held:
+                    await self.store.lock_environment(env_id, token, self._clock.now(), -1.0)

@@ -16,7 +16,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from testmesh_reconciler.store import FakeClock, Run, RunId, StoreError, create_store
+from testmesh_reconciler.store import (
+    FakeClock,
+    RecordResult,
+    Run,
+    RunId,
+    StoreError,
+    create_store,
+)
 from testmesh_reconciler.store.postgres import MIGRATIONS_DIR, PostgresStore
 from testmesh_reconciler.store.sqlite import migrations
 from tests.store.test_store_contract import (
@@ -64,19 +71,19 @@ async def test_redeliveries_across_replicas_are_accepted_once(
         calls.append((key, (first + rng.randrange(1, REPLICAS)) % REPLICAS))
     rng.shuffle(calls)
 
-    async def deliver(key: str, replica: int) -> tuple[str, object]:
+    async def deliver(key: str, replica: int) -> tuple[str, RecordResult]:
         run = make_run(clock, serial_key=f"rule|repo|{key}")
         return key, await record(stores[replica], clock, make_delivery(clock, key=key), [run])
 
     results = await asyncio.gather(*(deliver(key, replica) for key, replica in calls))
-    by_key: dict[str, list[object]] = {}
+    by_key: dict[str, list[RecordResult]] = {}
     for key, result in results:
         by_key.setdefault(key, []).append(result)
     assert len(by_key) == 450
     for key, outcomes in by_key.items():
-        winners = [r for r in outcomes if not r.duplicate]  # type: ignore[attr-defined]
+        winners = [r for r in outcomes if not r.duplicate]
         assert len(winners) == 1, key
-        assert {r.run_ids for r in outcomes} == {winners[0].run_ids}  # type: ignore[attr-defined]
+        assert {r.run_ids for r in outcomes} == {winners[0].run_ids}
     assert (await stores[0].count_runs_by_status())["pending"] == 450
     delivered = await stores[1].list_deliveries(limit=1000)
     assert Counter(d.outcome for d in delivered) == {"accepted": 450, "duplicate": 50}
@@ -94,14 +101,14 @@ async def test_racing_claims_take_every_run_once(
         assert await stores[0].enqueue_run(run, max_queued=BIG)
         clock.advance(0.001)
 
+    async def drain(store: PostgresStore, name: str) -> list[Run]:
+        got: list[Run] = []
+        while (run := await store.claim_run(name, clock.now(), 30)) is not None:
+            got.append(run)
+        return got
+
     claimed: list[Run] = []
     for _ in range(11):  # each round: race, check, finish what was claimed
-        async def drain(store: PostgresStore, name: str) -> list[Run]:
-            got: list[Run] = []
-            while (run := await store.claim_run(name, clock.now(), 30)) is not None:
-                got.append(run)
-            return got
-
         rounds = await asyncio.gather(*(drain(s, f"r{i}") for i, s in enumerate(stores)))
         this_round = [run for got in rounds for run in got]
         shared = Counter(r.serial_key for r in this_round if r.serial_key.startswith("shared"))

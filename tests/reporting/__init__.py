@@ -1,0 +1,1 @@
+"""Tests of commit-status reporting: the pure target and entry rules, and the outbox sender."""
