@@ -54,7 +54,7 @@ def timed(cmd: list[str]) -> tuple[float, int, int]:
 def compare(label: str, commands: dict[str, list[str]], rounds: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {k: [] for k in commands}
     rss: dict[str, int] = {k: 0 for k in commands}
-    for name, cmd in commands.items():  # warm-up: page cache, .pyc files
+    for cmd in commands.values():  # warm-up: page cache, .pyc files
         timed(cmd)
     for _ in range(rounds):
         for name, cmd in commands.items():

@@ -10,10 +10,10 @@ from __future__ import annotations
 import gc
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from testmesh_reconciler.config.loader import FileRef, Loader, LoadResult, SecretOpener
 from testmesh_reconciler.config.plan import Plan, diff
@@ -105,11 +105,17 @@ def base_files(root: Path, ref: str) -> dict[str, FileRef]:
         except KeyError:
             return {}
     out: dict[str, FileRef] = {}
+    item: Any
     for item in tree.traverse():
-        if item.type == "blob" and item.path.endswith((".yaml", ".yml")):  # type: ignore[union-attr]
-            rel = item.path if prefix in ("", ".") else item.path[len(prefix) + 1:]  # type: ignore[union-attr]
-            out[rel] = FileRef(item.hexsha, (lambda b=item: b.data_stream.read()))  # type: ignore[misc]
+        path = str(item.path)
+        if item.type == "blob" and path.endswith((".yaml", ".yml")):
+            rel = path if prefix in ("", ".") else path[len(prefix) + 1:]
+            out[rel] = FileRef(str(item.hexsha), _blob_reader(item))
     return out
+
+
+def _blob_reader(blob: Any) -> Callable[[], bytes]:
+    return lambda: bytes(blob.data_stream.read())
 
 
 def plan_against(root: Path, ref: str, head: LoadResult) -> Plan:
