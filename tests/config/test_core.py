@@ -80,7 +80,7 @@ def test_repo_urls(url: str, host: str, repo: str) -> None:
 
 def test_secret_value_never_prints_itself() -> None:
     secret = SecretValue("hunter2")
-    for text in (repr(secret), str(secret), f"{secret}", "{}".format(secret), repr([secret])):
+    for text in (repr(secret), str(secret), f"{secret}", repr([secret])):
         assert "hunter2" not in text
     assert secret.reveal() == "hunter2"
 
