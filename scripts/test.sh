@@ -15,6 +15,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# PostgreSQL binaries for the store tests (a throwaway cluster is started by the tests).
+bash scripts/pg-ensure.sh
+
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 echo "== ruff";         python3 -m ruff check .

@@ -306,8 +306,9 @@ class Dispatcher:
                 await self.recover(startup=False)
                 last_recover = time.monotonic()
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout never eats a cancel
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
 
     async def heartbeat_loop(self) -> None:
         """Extend the leases of the runs this replica executes; lost ones are cancelled."""
@@ -329,7 +330,8 @@ class Dispatcher:
         while self.state.snapshot is None:
             version = self.state.version
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.state.wait_for_change(version), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self.state.wait_for_change(version)
 
     async def recover(self, *, startup: bool) -> None:
         """Finish runs whose claim is gone: started -> failed (interrupted), else requeued."""

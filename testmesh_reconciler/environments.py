@@ -755,14 +755,16 @@ class EnvironmentManager:
             _log.info("environments_reaped", destroyed=destroyed, candidates=len(candidates))
         return destroyed
 
-    async def run_reaper(self, interval: float) -> None:
-        """``reap_once`` every ``interval`` seconds, forever (run it under a guard)."""
+    async def run_reaper(self, interval: float, *, sleep: Sleep | None = None) -> None:
+        """``reap_once`` every ``interval`` seconds, forever (run it under a guard).
+        ``sleep`` paces the passes (default: the manager's own sleep)."""
+        pause = sleep or self._sleep
         while True:
             try:
                 await self.reap_once(self._clock.now())
             except TestmeshError as exc:  # store trouble: try again next pass
                 _log.warning("environment_reaper_failed", error=str(exc))
-            await self._sleep(interval)
+            await pause(interval)
 
     # -- leases --------------------------------------------------------------------------
 

@@ -194,11 +194,12 @@ def mark_pending_queued(run: Run) -> Run:
 
 
 def pending_was_queued(run: Run) -> bool:
-    """Whether the run's ``pending`` status was queued: the marker of ``mark_pending_queued``,
-    a ``pending`` in the store's derived ``status_report["statuses"]``, or ``run.started``
-    (a run that sent a step has left the queue, so its pending was queued first)."""
+    """Whether the run's ``pending`` status was queued: it left the queue (a replica claimed
+    it: ``claimed_by``; or it sent a step: ``started``), the ``mark_pending_queued`` marker
+    is set, or the store's derived ``status_report["statuses"]`` holds a ``pending``. A run
+    superseded or cancelled while queued has none of these, so it posts nothing."""
     report = run.status_report
-    if report.get(PENDING_QUEUED) is True or run.started:
+    if run.claimed_by is not None or run.started or report.get(PENDING_QUEUED) is True:
         return True
     statuses = report.get("statuses")
     if isinstance(statuses, list | tuple):

@@ -44,7 +44,7 @@ def build_manager(settings: Settings, services: Services, *, sleep: Sleep = asyn
 
 
 def extension(app: web.Application) -> None:
-    """Routes, the reaper loop (every ``settings.reap_interval`` s) and ``app[ENVIRONMENTS]``
+    """Routes, the reaper loop (every ``settings.reap_interval`` s), ``app[ENVIRONMENTS]``
     (built with ``build_manager`` unless a test put one there first)."""
     manager = app.get(ENVIRONMENTS)
     if manager is None:
@@ -52,7 +52,8 @@ def extension(app: web.Application) -> None:
         app[ENVIRONMENTS] = manager
     environments_api.add_routes(app)
     interval = app[SETTINGS].reap_interval
-    add_loop(app, REAPER_LOOP, lambda: manager.run_reaper(interval))
+    # Passes are paced in real time; expiry is judged on the manager's (injected) clock.
+    add_loop(app, REAPER_LOOP, lambda: manager.run_reaper(interval, sleep=asyncio.sleep))
 
     async def close(app: web.Application) -> AsyncIterator[None]:
         yield

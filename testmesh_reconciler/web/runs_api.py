@@ -122,7 +122,8 @@ def parse_run_body(body: bytes) -> tuple[str | None, dict[str, Any]]:
     environment = data.get("environment")
     if environment is not None and (not isinstance(environment, str) or not environment):
         raise WebhookRejected(400, "environment must be a TestEnvironment name (a string)")
-    variables = data.get("variables") or {}
+    variables = data.get("variables")
+    variables = {} if variables is None else variables
     if not isinstance(variables, dict):
         raise WebhookRejected(400, "variables must be an object of name -> value")
     for name, value in variables.items():

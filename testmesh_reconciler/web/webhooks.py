@@ -143,7 +143,7 @@ def make_handler(source: DeliverySource) -> Handler:
                 app=verdict.app), settings.max_queued_runs, bound)
         trigger = verdict
         bound = bound.bind(repo=trigger.repo, sha=trigger.sha, app=trigger.app,
-                           event=trigger.event, integration=integration.name)
+                           webhook_event=trigger.event, integration=integration.name)
         trigger_fields: dict[str, Any] = dict(
             event=trigger.event, repo=trigger.repo, integration=integration.name,
             action=trigger.action, branch=trigger.branch, sha=trigger.sha, app=trigger.app,
@@ -191,7 +191,7 @@ async def _ignored(store: Store, delivery: Delivery, max_queued: int,
                    bound: Any) -> web.StreamResponse:
     await store.record_delivery(delivery, (), dedup_window_start=delivery.received_at,
                                 max_queued=max_queued)
-    bound.info("webhook_ignored", reason=delivery.reason, event=delivery.event,
+    bound.info("webhook_ignored", reason=delivery.reason, webhook_event=delivery.event,
                repo=delivery.repo, sha=delivery.sha)
     return web.json_response({"delivery_id": delivery.id, "outcome": "ignored",
                               "reason": delivery.reason})

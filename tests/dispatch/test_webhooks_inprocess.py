@@ -334,7 +334,7 @@ async def test_manual_run_without_a_token_configured_is_403(tmp_path: Path,
 async def test_deliveries_paging_and_filters(env: Env) -> None:
     ids = []
     for i in range(5):
-        status, answer = await env.push(str(i) * 40, f"b{i}")
+        status, answer = await env.push(str(i + 1) * 40, f"b{i}")
         assert status == 202
         ids.append(answer["delivery_id"])
     page1 = await (await env.client.get("/api/v1/deliveries?limit=2")).json()

@@ -158,12 +158,13 @@ async def open_stores() -> AsyncIterator[list[SqliteStore]]:
 @pytest.fixture
 def make_manager(db_path: Path, http: httpx.AsyncClient, clock: FakeClock, sleeper: Sleeper,
                  snapshot: Snapshot, open_stores: list[SqliteStore]) -> MakeManager:
-    async def factory(*, replica: str = "r1", timeout: float = 600.0) -> EnvironmentManager:
+    async def factory(*, replica: str = "r1",
+                      provision_timeout: float = 600.0) -> EnvironmentManager:
         store = SqliteStore(db_path)
         await store.open()
         open_stores.append(store)
         return EnvironmentManager(store, http=http, clock=clock, sleep=sleeper,
-                                  replica=replica, provision_timeout=timeout,
+                                  replica=replica, provision_timeout=provision_timeout,
                                   snapshot=lambda: snapshot)
 
     return factory

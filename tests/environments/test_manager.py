@@ -148,7 +148,7 @@ async def test_existing_app_without_template_is_synced(
 
 async def test_provision_timeout(make_manager: MakeManager, snapshot: Snapshot,
                                  argocd: FakeArgoCD) -> None:
-    manager = await make_manager(timeout=30.0)
+    manager = await make_manager(provision_timeout=30.0)
     argocd.script_app(APP, [("Synced", "Progressing", "Running")])
     with pytest.raises(EnvironmentUnavailable, match="not Healthy after 30 s"):
         await acquire(manager, snapshot)

@@ -229,6 +229,8 @@ def test_pending_known_from_the_store_report_or_a_started_run() -> None:
     assert pending_was_queued(stored)
     assert len(final_entries(stored, None, SETTINGS, NOW)) == 1
     assert pending_was_queued(make_run(started=True))
+    claimed = make_run(status="failed", claimed_by="replica-a", error="environment not acquired")
+    assert [e.state for e in final_entries(claimed, None, SETTINGS, NOW)] == ["error"]
 
 
 def test_recovery_posts_error_for_an_interrupted_run() -> None:

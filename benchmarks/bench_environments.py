@@ -1,0 +1,160 @@
+"""Benchmark: environment acquisition on a store holding 1,000 environment records.
+
+100 concurrent acquisitions over 20 contexts (10 with a warm record, 10 new) against the
+fake Argo CD on 127.0.0.1 (its Progressing -> Healthy waits run on a fake clock). Checks
+provisionings == new contexts and reports acquisition overhead, i.e. latency minus the time
+spent inside Argo CD provisioning (``ensure_ready``), beside the peer floor of one store read.
+Usage: ``python benchmarks/bench_environments.py [--records 1000] [--runs 100] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from testmesh_reconciler import environments
+from testmesh_reconciler.environments import EnvironmentManager
+from testmesh_reconciler.log import configure_logging
+from testmesh_reconciler.store import (
+    EnvironmentId,
+    EnvironmentInstance,
+    FakeClock,
+    SqliteStore,
+    new_id,
+)
+from tests.environments.conftest import PR_VARS, load_snapshot
+from tests.testing.fake_argocd import FakeArgoCD
+
+CONTEXTS = 20
+WARM = 10
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {"median_ms": round(statistics.median(ordered) * 1000, 3),
+            "p90_ms": round(ordered[int(len(ordered) * 0.9) - 1] * 1000, 3),
+            "max_ms": round(ordered[-1] * 1000, 3)}
+
+
+async def _seed(store: SqliteStore, clock: FakeClock, argocd: FakeArgoCD, records: int) -> None:
+    now = clock.now()
+    for i in range(records):
+        warm = i < WARM
+        context = f"pr-{i}" if warm else f"old-{i}"
+        env = EnvironmentInstance(
+            id=EnvironmentId(new_id()), workspace="default", name="review", context=context,
+            state="warm" if warm else "destroyed", provider="argocd",
+            created_at=now - timedelta(seconds=records - i), ttl_minutes=60.0,
+            provider_app_name=f"shop-{context}", namespace=f"review-{context}",
+            routing={}, last_used_at=now, expires_at=now + timedelta(hours=1))
+        assert await store.insert_environment(env)
+        if warm:
+            argocd.add_app(f"shop-{context}", sync="Synced", health="Healthy")
+
+
+async def bench(records: int, runs: int) -> dict[str, Any]:
+    configure_logging("json")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    argocd = FakeArgoCD(token="argo-t0k3n", debug=False)
+    await argocd.start()
+    clock = FakeClock()
+
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+        await asyncio.sleep(0)
+
+    argo_time: dict[str, float] = {}
+    real_ensure = environments.ensure_ready
+
+    async def timed_ensure(client: Any, **kwargs: Any) -> Any:  # time inside Argo CD
+        start = time.perf_counter()
+        try:
+            return await real_ensure(client, **kwargs)
+        finally:
+            argo_time[kwargs["app_name"]] = time.perf_counter() - start
+
+    environments.ensure_ready = timed_ensure  # type: ignore[assignment]
+    snapshot = load_snapshot(argocd.base_url)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore(Path(tmp) / "bench.sqlite3")
+        await store.open()
+        await _seed(store, clock, argocd, records)
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            manager = EnvironmentManager(store, http=http, clock=clock, sleep=sleep,
+                                         replica="bench", provision_timeout=600.0,
+                                         snapshot=lambda: snapshot)
+
+            async def timed(make: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+                start = time.perf_counter()
+                result = await make()
+                return time.perf_counter() - start, result
+
+            def acquire(i: int) -> Callable[[], Awaitable[Any]]:
+                variables = {**PR_VARS, "pr_number": str(i % CONTEXTS)}
+                return lambda: manager.acquire(snapshot=snapshot, workspace="default",
+                                               name="review", variables=variables,
+                                               run_id=f"run-{i}")
+
+            burst_start = time.perf_counter()
+            results = await asyncio.gather(*(timed(acquire(i)) for i in range(runs)))
+            burst = time.perf_counter() - burst_start
+            overhead = [elapsed - argo_time.get(f"shop-pr-{i % CONTEXTS}", 0.0)
+                        for i, (elapsed, _) in enumerate(results)]
+            reuse_concurrent = [elapsed for i, (elapsed, _) in enumerate(results)
+                                if i % CONTEXTS < WARM]
+            for _, acquired in results:
+                await manager.release(acquired, failed=False)
+            sequential = [(await timed(acquire(i)))[0] for i in range(CONTEXTS)]
+            floor = [(await timed(lambda: store.get_environment("missing")))[0]
+                     for _ in range(200)]
+        creates = sum(argocd.creates.values())
+        report = {
+            "records": records, "runs": runs, "contexts": CONTEXTS,
+            "new_contexts": CONTEXTS - WARM, "provisionings": manager.provisionings,
+            "argocd_creates": creates, "argocd_syncs": sum(argocd.syncs.values()),
+            "ok": manager.provisionings == creates == CONTEXTS - WARM,
+            "overhead_concurrent": _ms(overhead),
+            "amortized_ms_per_acquisition": round(
+                (burst - max(argo_time.values(), default=0.0)) / runs * 1000, 3),
+            "reuse_latency_concurrent": _ms(reuse_concurrent),
+            "reuse_latency_sequential": _ms(sequential),
+            "peer_store_read": _ms(floor),
+        }
+        await store.close()
+    await argocd.stop()
+    environments.ensure_ready = real_ensure
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--records", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    report = asyncio.run(bench(args.records, args.runs))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key:28} {value}")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
