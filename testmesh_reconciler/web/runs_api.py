@@ -18,8 +18,8 @@ from testmesh_reconciler.errors import WebhookRejected
 from testmesh_reconciler.log import get_logger
 from testmesh_reconciler.store.base import Store
 from testmesh_reconciler.store.records import Run, RunId, new_id
-from testmesh_reconciler.web import SERVICES, SETTINGS, error_json, read_capped_body
-from testmesh_reconciler.web.webhooks import DISPATCHER, RETRY_AFTER
+from testmesh_reconciler.web import SERVICES, SETTINGS, error_json
+from testmesh_reconciler.web.webhooks import DISPATCHER, RETRY_AFTER, read_body
 
 log = get_logger("testmesh.web.runs_api")
 
@@ -142,7 +142,7 @@ async def manual_run(request: web.Request) -> web.StreamResponse:
     if not authorized(request.headers.get("Authorization"), token):
         return error_json(401, "missing or wrong API token (Authorization: Bearer <token>)",
                           headers={"WWW-Authenticate": "Bearer"})
-    body = await read_capped_body(request, min(MAX_RUN_BODY, settings.max_body_bytes))
+    body = await read_body(request, min(MAX_RUN_BODY, settings.max_body_bytes))
     environment, variables = parse_run_body(body)
     snapshot = services.state.snapshot
     if snapshot is None:

@@ -13,9 +13,11 @@ from datetime import timedelta
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from testmesh_reconciler.config.model import Integration, Snapshot
 from testmesh_reconciler.dispatcher import Dispatcher, target_json
+from testmesh_reconciler.errors import WebhookRejected
 from testmesh_reconciler.log import get_logger
 from testmesh_reconciler.matching import Match, explain_no_match, match
 from testmesh_reconciler.store.base import Store
@@ -86,6 +88,15 @@ def build_runs(snapshot: Snapshot, matches: tuple[Match, ...], trigger: Trigger,
     return runs
 
 
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """``read_capped_body``, with an undecodable ``Content-Encoding`` answered 400."""
+    try:
+        return await read_capped_body(request, limit)
+    except (HttpProcessingError, web.RequestPayloadError) as exc:
+        raise WebhookRejected(400, f"could not decode the request body: "
+                              f"{' '.join(str(exc).split())}") from None
+
+
 def make_handler(source: DeliverySource) -> Handler:
     """The handler of one source (``gitea`` / ``argocd``) for all of its paths."""
     receiver = RECEIVERS[source]
@@ -96,7 +107,7 @@ def make_handler(source: DeliverySource) -> Handler:
         received = clock.now()
         delivery_id = DeliveryId(new_id())
         bound = log.bind(delivery_id=delivery_id, source=source)
-        body = await read_capped_body(request, settings.max_body_bytes)
+        body = await read_body(request, settings.max_body_bytes)
         snapshot = services.state.snapshot
         store = services.store
         if snapshot is None or not isinstance(store, Store):

@@ -82,10 +82,10 @@ def test_sixty_megabytes_streamed_are_refused_with_413(
 
 _HEADER_NAMES = st.sampled_from([
     "X-Gitea-Event", "X-Gitea-Signature", "X-Hub-Signature-256", "X-TestMesh-Secret",
-    "Authorization", "Content-Type", "X-Gitea-Delivery", "Content-Encoding"])
+    "Authorization", "Content-Type", "X-Gitea-Delivery", "X-Gogs-Event"])
 _HEADER_VALUES = st.one_of(st.sampled_from(["push", "pull_request", "delete", "",
                                             f"Bearer {ARGO_SECRET}", ARGO_SECRET,
-                                            "sha256=zz", "application/json", "gzip"]),
+                                            "sha256=zz", "application/json"]),
                            st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126),
                                    max_size=80).map(str.strip))
 _PATHS = st.sampled_from([

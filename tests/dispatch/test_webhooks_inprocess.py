@@ -5,8 +5,7 @@ queue cap, manual runs and the read APIs."""
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +59,8 @@ class Env:
         resp = await self.client.post(path, data=body, headers=headers)
         return resp.status, await resp.json()
 
-    async def wait_run(self, run_id: str, timeout: float = 10) -> dict[str, Any]:
-        for _ in range(int(timeout / 0.02)):
+    async def wait_run(self, run_id: str, seconds: float = 10) -> dict[str, Any]:
+        for _ in range(int(seconds / 0.02)):
             resp = await self.client.get(f"/api/v1/suite-runs/{run_id}")
             run: dict[str, Any] = await resp.json()
             if run["status"] not in ("pending", "running"):
@@ -107,11 +106,6 @@ async def env(tmp_path: Path, service: Service) -> AsyncIterator[Env]:
     e, close = await start(tmp_path, service)
     yield e
     await close()
-
-
-@pytest.fixture
-def warnings_ok() -> Iterator[None]:
-    yield
 
 
 # -- accepted deliveries -------------------------------------------------------------------
@@ -214,7 +208,6 @@ async def test_auth_failures_and_unknown_names(env: Env) -> None:
                 {k: v for k, v in headers.items() if "Signature" not in k}):
         resp = await env.client.post("/api/v1/webhooks/gitea", data=body, headers=bad)
         assert resp.status == 401
-    _, wrong = gitea_push(secret="wrong")
     resp = await env.client.post("/api/v1/webhooks/gitea/gitea-internal", data=body,
                                  headers=gitea_push(secret="wrong")[0])
     assert resp.status == 401
@@ -241,6 +234,13 @@ async def test_malformed_bodies_are_400(env: Env) -> None:
     resp = await env.client.post("/api/v1/webhooks/argocd", data=b'{"app": 1}',
                                  headers=argocd_headers(ARGO_SECRET))
     assert resp.status == 400
+
+
+async def test_undecodable_content_encoding_is_400(env: Env) -> None:
+    resp = await env.client.post("/api/v1/webhooks/gitea", data=b"not compressed",
+                                 headers={"Content-Encoding": "gzip"})
+    assert resp.status == 400
+    assert "could not decode" in (await resp.json())["error"]
 
 
 async def test_body_over_the_cap_is_413_while_streaming(env: Env) -> None:
@@ -346,5 +346,17 @@ async def test_deliveries_paging_and_filters(env: Env) -> None:
         "items"] == []
     assert (await env.client.get("/api/v1/deliveries?limit=0")).status == 400
     assert (await env.client.get("/api/v1/suite-runs/nope")).status == 404
-    body = json.dumps({"x": 1})
-    assert body
+
+
+async def test_commit_statuses_pending_then_one_final_and_none_for_manual_runs(env: Env) -> None:
+    status, answer = await env.push()
+    assert status == 202
+    run = await env.wait_run(answer["runs"][0])
+    entries = await env.store.get_outbox(run["id"])
+    assert [(e.seq, e.state) for e in entries] == [(0, "pending"), (1, "success")]
+    assert entries[0].repo == "acme/shop" and entries[0].sha == SHA
+    assert entries[0].context == "testmesh/smoke"
+    resp = await env.client.post("/api/v1/workspaces/default/suites/smoke/run",
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+    manual = await env.wait_run((await resp.json())["id"])
+    assert await env.store.get_outbox(manual["id"]) == []
