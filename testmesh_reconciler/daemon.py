@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Mapping
+from typing import cast
 
 import httpx
 from aiohttp import web
@@ -26,9 +27,11 @@ from testmesh_reconciler.settings import Settings
 from testmesh_reconciler.sources.git import GitSource, is_local_git_repo, looks_like_git_url
 from testmesh_reconciler.sources.watch import DirectorySource
 from testmesh_reconciler.state import StateHolder
+from testmesh_reconciler.store.base import Store
 from testmesh_reconciler.store.clock import Clock, SystemClock
-from testmesh_reconciler.web import dispatch_ext
+from testmesh_reconciler.web import SERVICES, dispatch_ext, environments_ext, outbox_ext
 from testmesh_reconciler.web.app import create_app
+from testmesh_reconciler.web.pages import add_page_routes, page_state_of
 
 log = get_logger("testmesh.daemon")
 
@@ -120,7 +123,7 @@ async def run(settings: Settings, services: Services, *,
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, _on_signal, stop, sig)
     _log_start(settings, services)
-    app = create_app(settings, services, extensions=[dispatch_ext.extension])
+    app = create_app(settings, services, extensions=EXTENSIONS)
     runner = web.AppRunner(app, shutdown_timeout=settings.grace_period, access_log=None,
                            handle_signals=False)
     try:
@@ -149,6 +152,18 @@ async def run(settings: Settings, services: Services, *,
             loop.remove_signal_handler(sig)
     log.info("daemon_stopped")
     return 0
+
+
+def _pages(app: web.Application) -> None:
+    services = app[SERVICES]
+    add_page_routes(app, get_store=lambda: cast("Store | None", services.store),
+                    get_state=lambda: page_state_of(services.state), clock=services.clock)
+
+
+#: What the daemon adds to the core app, in start-up order (shutdown runs in reverse:
+#: the dispatcher drains its runs before the outbox flushes their final statuses).
+EXTENSIONS = (outbox_ext.extension, environments_ext.extension, dispatch_ext.extension,
+              _pages)
 
 
 def _address(addr: object) -> str:

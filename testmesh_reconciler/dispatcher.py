@@ -13,7 +13,7 @@ import importlib
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Protocol, cast
@@ -261,8 +261,11 @@ class Dispatcher:
                  http: httpx.AsyncClient | None = None,
                  environments: EnvironmentAcquirer | None = None,
                  reporting: Reporting | None = None, metrics: Metrics | None = None,
-                 replica: str | None = None, poll_interval: float = POLL_INTERVAL) -> None:
+                 replica: str | None = None, poll_interval: float = POLL_INTERVAL,
+                 on_outbox: Callable[[], None] | None = None) -> None:
         self.settings = settings
+        #: Called after statuses were queued, so the sender posts now, not at its next poll.
+        self.on_outbox = on_outbox or (lambda: None)
         self.store = store
         self.state = state
         self.clock = clock
@@ -394,6 +397,7 @@ class Dispatcher:
             bound.info("run_claimed", replica=self.replica)
             await self.store.add_outbox(self.reporting.pending_entries(
                 run, snapshot, self.settings, self.clock.now()))
+            self.on_outbox()
             final = await self._run(run, snapshot, observer, cancel, bound)
         except asyncio.CancelledError:
             final = failed_run(run, SHUTDOWN_ERROR, self.clock.now(), started=observer.started)
@@ -470,6 +474,7 @@ class Dispatcher:
         except Exception:
             bound.exception("run_finish_failed")
             return
+        self.on_outbox()
         if self.metrics is not None:
             self.metrics.runs.labels(final.status).inc()
         if not ours:

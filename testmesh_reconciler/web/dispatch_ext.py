@@ -7,7 +7,7 @@ starts after the store opens and drains (grace period) before the store closes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 from aiohttp import web
@@ -32,7 +32,8 @@ HEARTBEAT_LOOP = "dispatcher-heartbeat"
 
 def install(app: web.Application, *, environments: EnvironmentAcquirer | None = None,
             reporting: Reporting | None = None, replica: str | None = None,
-            poll_interval: float = POLL_INTERVAL) -> None:
+            poll_interval: float = POLL_INTERVAL,
+            on_outbox: Callable[[], None] | None = None) -> None:
     """Register the routes now; create and run the dispatcher while the app runs."""
     webhooks.add_routes(app)
     runs_api.add_routes(app)
@@ -45,7 +46,8 @@ def install(app: web.Application, *, environments: EnvironmentAcquirer | None = 
     dispatcher = Dispatcher(settings=settings, store=store, state=services.state,
                             clock=services.clock, http=services.http, environments=envs,
                             reporting=reporting, metrics=services.metrics,
-                            replica=replica, poll_interval=poll_interval)
+                            replica=replica, poll_interval=poll_interval,
+                            on_outbox=on_outbox)
     app[DISPATCHER] = dispatcher
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
@@ -63,8 +65,14 @@ def install(app: web.Application, *, environments: EnvironmentAcquirer | None = 
 
 
 def extension(app: web.Application) -> None:
-    """The one-line wiring: ``create_app(settings, services, extensions=[extension])``."""
-    install(app)
+    """The daemon's wiring: environments from ``app[ENVIRONMENTS]`` when the environments
+    extension ran first, and the status sender woken whenever statuses are queued."""
+    from testmesh_reconciler.web.environments_api import ENVIRONMENTS
+    from testmesh_reconciler.web.outbox_ext import OUTBOX
+
+    sender = app.get(OUTBOX)
+    install(app, environments=app.get(ENVIRONMENTS),
+            on_outbox=sender.wake_up if sender is not None else None)
 
 
 __all__ = ["CLAIM_LOOP", "HEARTBEAT_LOOP", "extension", "install"]
