@@ -125,8 +125,23 @@ class SecretRef:
         return True
 
 
+class _Declared:
+    """Name and workspace of a declaration, read from its ``metadata``."""
+
+    __slots__ = ()
+    metadata: Metadata
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def workspace(self) -> str:
+        return self.metadata.workspace
+
+
 @dataclass(frozen=True, slots=True)
-class Integration:
+class Integration(_Declared):
     id: uuid.UUID
     metadata: Metadata
     source: Source
@@ -140,14 +155,6 @@ class Integration:
     document: Mapping[str, Any] = field(repr=False, compare=False)
 
     kind = "Integration"
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    @property
-    def workspace(self) -> str:
-        return self.metadata.workspace
 
     def secret(self, key: str) -> SecretValue | None:
         ref = self.secrets.get(key)
@@ -167,7 +174,7 @@ class ReportTarget:
 
 
 @dataclass(frozen=True, slots=True)
-class TriggerRule:
+class TriggerRule(_Declared):
     id: uuid.UUID
     metadata: Metadata
     source: Source
@@ -186,14 +193,6 @@ class TriggerRule:
     document: Mapping[str, Any] = field(repr=False, compare=False)
 
     kind = "TriggerRule"
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    @property
-    def workspace(self) -> str:
-        return self.metadata.workspace
 
     def matches_branch(self, branch: str | None) -> bool:
         """A lone ``*`` matches every branch (even an unknown one); else a full glob match."""
@@ -257,7 +256,7 @@ class FlowDefinition:
 
 
 @dataclass(frozen=True, slots=True)
-class Flow:
+class Flow(_Declared):
     id: uuid.UUID
     metadata: Metadata
     source: Source
@@ -265,14 +264,6 @@ class Flow:
     document: Mapping[str, Any] = field(repr=False, compare=False)
 
     kind = "Flow"
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    @property
-    def workspace(self) -> str:
-        return self.metadata.workspace
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +281,7 @@ class SuiteFlow:
 
 
 @dataclass(frozen=True, slots=True)
-class Suite:
+class Suite(_Declared):
     id: uuid.UUID
     metadata: Metadata
     source: Source
@@ -302,14 +293,6 @@ class Suite:
 
     kind = "Suite"
 
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    @property
-    def workspace(self) -> str:
-        return self.metadata.workspace
-
     def stages(self) -> tuple[tuple[SuiteFlow, ...], ...]:
         """Flows grouped by ascending ``order``, declaration order kept inside a stage."""
         orders = sorted({f.order for f in self.flows})
@@ -317,7 +300,7 @@ class Suite:
 
 
 @dataclass(frozen=True, slots=True)
-class TestEnvironment:
+class TestEnvironment(_Declared):
     id: uuid.UUID
     metadata: Metadata
     source: Source
@@ -334,14 +317,6 @@ class TestEnvironment:
 
     kind = "TestEnvironment"
     __test__ = False
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    @property
-    def workspace(self) -> str:
-        return self.metadata.workspace
 
 
 Declaration = Integration | TriggerRule | Suite | Flow | TestEnvironment
