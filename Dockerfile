@@ -25,6 +25,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY testmesh_reconciler ./testmesh_reconciler
+COPY examples/config-repo ./examples/config-repo
 
 # `pip wheel .` builds the project wheel through its PEP 517 backend (hatchling) and
 # collects the wheels of all runtime dependencies next to it.

@@ -29,7 +29,13 @@ from testmesh_reconciler.sources.watch import DirectorySource
 from testmesh_reconciler.state import StateHolder
 from testmesh_reconciler.store.base import Store
 from testmesh_reconciler.store.clock import Clock, SystemClock
-from testmesh_reconciler.web import SERVICES, dispatch_ext, environments_ext, outbox_ext
+from testmesh_reconciler.web import (
+    SERVICES,
+    dispatch_ext,
+    environments_ext,
+    outbox_ext,
+    replicas_ext,
+)
 from testmesh_reconciler.web.app import create_app
 from testmesh_reconciler.web.pages import add_page_routes, page_state_of
 
@@ -163,7 +169,7 @@ def _pages(app: web.Application) -> None:
 #: What the daemon adds to the core app, in start-up order (shutdown runs in reverse:
 #: the dispatcher drains its runs before the outbox flushes their final statuses).
 EXTENSIONS = (outbox_ext.extension, environments_ext.extension, dispatch_ext.extension,
-              _pages)
+              replicas_ext.extension, _pages)
 
 
 def _address(addr: object) -> str:

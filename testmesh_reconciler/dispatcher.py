@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import os
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
@@ -25,6 +23,7 @@ from testmesh_reconciler.environments import RenderError, render_environment
 from testmesh_reconciler.errors import TestmeshError
 from testmesh_reconciler.log import get_logger
 from testmesh_reconciler.metrics import Metrics
+from testmesh_reconciler.replica import replica_name
 from testmesh_reconciler.runner.flows import NullObserver
 from testmesh_reconciler.runner.results import Phase, SuiteRunResult
 from testmesh_reconciler.runner.suites import error_run, run_suite
@@ -162,8 +161,8 @@ def target_json(target: Any) -> dict[str, Any] | None:
 
 
 def default_replica() -> str:
-    """This daemon's replica name: ``TESTMESH_REPLICA`` / ``HOSTNAME`` / the host name."""
-    return os.environ.get("TESTMESH_REPLICA") or socket.gethostname() or "testmesh"
+    """This daemon's replica name (``replica.replica_name``: ``TESTMESH_REPLICA`` / host)."""
+    return replica_name()
 
 
 class RunnerClock:
@@ -304,11 +303,13 @@ class Dispatcher:
             self._ready.set()
         last_recover = time.monotonic()
         while True:  # claim_available does nothing once shutdown began
+            # Clear before claiming, never after: a wake() that arrives while claim_available
+            # awaits the store must survive to the wait below, or that run waits a full poll.
+            self._wake.clear()
             await self.claim_available()
             if time.monotonic() - last_recover >= self.settings.run_lease:
                 await self.recover(startup=False)
                 last_recover = time.monotonic()
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):  # asyncio.timeout never eats a cancel
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
@@ -389,6 +390,8 @@ class Dispatcher:
                          repo=run.trigger.get("repo"), sha=run.trigger_ref,
                          delivery_id=run.delivery_id)
         snapshot = self.state.snapshot
+        if snapshot is not None and snapshot.revision and snapshot.revision != run.revision:
+            run = replace(run, revision=snapshot.revision)  # the revision it runs with
         observer = StoreObserver(self.store, run, self.clock)
         final: Run | None = None
         try:

@@ -186,14 +186,22 @@ async def outbox_loop(
                     now = clock.now()
                     full = False
                     if len(in_flight) < max_in_flight:
-                        due = await store.due_statuses(now, batch)
-                        full = len(due) >= batch
+                        # Ask for no more than can start: a store that claims what it hands
+                        # out (PostgreSQL) would hide a skipped entry for its claim period.
+                        limit = min(batch, max_in_flight - len(in_flight))
+                        due = await store.due_statuses(now, limit)
+                        full = len(due) >= limit
                         for entry in due:
                             retry_at.pop(entry.id, None)
                             key = group_of(entry)
-                            if key in in_flight or len(in_flight) >= max_in_flight:
+                            previous = in_flight.get(key)
+                            if previous is not None and previous[0] == entry.id:
                                 continue
-                            task = asyncio.create_task(attempt(entry), name=f"{name}:{entry.id}")
+                            # A new head of a group in flight: the previous attempt recorded
+                            # its outcome already; post this one right after it ends.
+                            task = asyncio.create_task(
+                                _after(previous[1] if previous else None, attempt, entry),
+                                name=f"{name}:{entry.id}")
                             in_flight[key] = (entry.id, task)
                     for entry_id, when in list(retry_at.items()):
                         if when <= now:
@@ -224,6 +232,14 @@ async def outbox_loop(
             task.cancel()
         if leftover:
             await asyncio.gather(*leftover, return_exceptions=True)
+
+
+async def _after(previous: asyncio.Task[Outcome | None] | None, attempt: _Attempt,
+                 entry: OutboxEntry) -> Outcome | None:
+    """``attempt(entry)`` once ``previous`` (the same group's last attempt) has ended."""
+    if previous is not None:
+        await asyncio.wait([previous])
+    return await attempt(entry)
 
 
 async def _wait(tasks: list[asyncio.Task[Outcome | None]], wake: asyncio.Event | None,

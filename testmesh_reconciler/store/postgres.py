@@ -59,6 +59,8 @@ MIGRATION_LOCK = 0x74657374_6D657368
 SERIAL_KEY_LOCK_CLASS = 0x544D
 _DERIVED_REPORT_KEYS = ("statuses", "given_up")
 _MAX_PAGE = 1000
+#: ``LISTEN``/``NOTIFY`` channel of config broadcasts (a webhook received by one replica).
+CONFIG_CHANNEL = "testmesh_config"
 _ONE_MS = timedelta(milliseconds=1)
 
 
@@ -592,6 +594,7 @@ class PostgresStore:
             run.environment_instance,
             run.started,
             _ts(run.started_at),
+            run.revision,
             run.id,
             run.claimed_by,
         )
@@ -602,8 +605,8 @@ class PostgresStore:
                 "total_flows = %s, passed_flows = %s, failed_flows = %s, error = %s, "
                 "status_report = %s, report_target = %s, flows = %s, environment = %s, "
                 "environment_instance = %s, started = started OR %s, "
-                "started_at = COALESCE(started_at, %s), lease_until = NULL "
-                "WHERE id = %s AND status IN ('pending', 'running') "
+                "started_at = COALESCE(started_at, %s), revision = COALESCE(%s, revision), "
+                "lease_until = NULL WHERE id = %s AND status IN ('pending', 'running') "
                 "AND claimed_by IS NOT DISTINCT FROM %s",
                 values,
             )
@@ -847,6 +850,35 @@ class PostgresStore:
             rows = await cur.fetchall()
         return [ReplicaInfo(name=n, revision=r, seen_at=s.astimezone(UTC)) for n, r, s in rows]
 
+    # -- config broadcast (optional: only this store has it) -----------------------------
+
+    async def notify_config(self, payload: str) -> None:
+        """``NOTIFY testmesh_config, payload``: every listening replica gets it (sender too)."""
+        await self._execute("SELECT pg_notify(%s, %s)", (CONFIG_CHANNEL, payload))
+
+    async def listen_config(
+        self, on_listening: Callable[[], None] | None = None
+    ) -> AsyncIterator[str]:
+        """Payloads of ``testmesh_config`` notifications, as they arrive, on a dedicated
+        autocommit connection (a ``LISTEN`` belongs to its session, so not a pooled one).
+        ``on_listening`` is called once the ``LISTEN`` is in place. Raises ``StoreError``
+        when the connection fails or drops; cancelling the consumer closes it."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
+            )
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL LISTEN {CONFIG_CHANNEL}: {exc}") from exc
+        try:
+            async with conn:
+                await conn.execute(f"LISTEN {CONFIG_CHANNEL}")
+                if on_listening is not None:
+                    on_listening()
+                async for note in conn.notifies():
+                    yield note.payload
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL LISTEN {CONFIG_CHANNEL}: {exc}") from exc
+
 
 # -- transaction bodies -----------------------------------------------------------------
 
@@ -1036,4 +1068,4 @@ async def _attach_reports(conn: Conn, runs: list[Run]) -> list[Run]:
     return result
 
 
-__all__ = ["MIGRATIONS_DIR", "PostgresStore"]
+__all__ = ["CONFIG_CHANNEL", "MIGRATIONS_DIR", "PostgresStore"]

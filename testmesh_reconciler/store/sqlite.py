@@ -1006,6 +1006,7 @@ def _finish_run(
         run.environment_instance,
         1 if run.started else 0,
         _encode("ts", run.started_at),
+        run.revision,
         run.id,
         run.claimed_by,
     )
@@ -1013,8 +1014,8 @@ def _finish_run(
         "UPDATE runs SET status = ?, completed_at = ?, duration_ms = ?, total_flows = ?, "
         "passed_flows = ?, failed_flows = ?, error = ?, status_report = ?, report_target = ?, "
         "flows = ?, environment = ?, environment_instance = ?, started = MAX(started, ?), "
-        "started_at = COALESCE(started_at, ?), lease_until = NULL "
-        "WHERE id = ? AND status IN ('pending', 'running') AND claimed_by IS ?",
+        "started_at = COALESCE(started_at, ?), revision = COALESCE(?, revision), "
+        "lease_until = NULL WHERE id = ? AND status IN ('pending', 'running') AND claimed_by IS ?",
         values,
     ).rowcount
     tx.queued = None

@@ -8,6 +8,7 @@ The typed ``AppKey``s live here (handlers read ``request.app[SERVICES]``);
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -24,6 +25,9 @@ SERVICES: web.AppKey[Services] = web.AppKey("services")
 STATUS_PROVIDERS: web.AppKey[list[StatusProvider]] = web.AppKey("status_providers")
 #: The guarded background tasks the app started (``add_loop``), by name.
 TASKS: web.AppKey[dict[str, asyncio.Task[None]]] = web.AppKey("tasks")
+#: Hooks awaited after an accepted config webhook (tell the other replicas to reload).
+CONFIG_BROADCASTS: web.AppKey[list[Callable[[], Awaitable[None]]]] = web.AppKey(
+    "config_broadcasts")
 
 CHUNK = 64 * 1024
 
@@ -60,5 +64,5 @@ async def read_capped_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-__all__ = ["SERVICES", "SETTINGS", "STATUS_PROVIDERS", "TASKS", "error_json",
+__all__ = ["CONFIG_BROADCASTS", "SERVICES", "SETTINGS", "STATUS_PROVIDERS", "TASKS", "error_json",
            "read_capped_body"]

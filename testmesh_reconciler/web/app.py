@@ -20,6 +20,7 @@ from testmesh_reconciler.services import Services, StatusProvider
 from testmesh_reconciler.settings import Settings
 from testmesh_reconciler.tasks import CoroFactory, cancel_all, start_guarded
 from testmesh_reconciler.web import (
+    CONFIG_BROADCASTS,
     SERVICES,
     SETTINGS,
     STATUS_PROVIDERS,
@@ -151,6 +152,7 @@ def create_app(settings: Settings, services: Services, *,
     app[SERVICES] = services
     app[STATUS_PROVIDERS] = []
     app[TASKS] = {}
+    app[CONFIG_BROADCASTS] = []
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_reloader_ctx)
@@ -164,7 +166,8 @@ def create_app(settings: Settings, services: Services, *,
 
     app.router.add_post(CONFIG_WEBHOOK_PATH, config_webhook.make_handler(
         secret=settings.config_webhook_secret, branch=settings.branch,
-        max_body_bytes=settings.max_body_bytes, trigger=trigger))
+        max_body_bytes=settings.max_body_bytes, trigger=trigger,
+        broadcast=lambda: config_webhook.run_hooks(app[CONFIG_BROADCASTS])))
     for extend in extensions:
         extend(app)
     return app

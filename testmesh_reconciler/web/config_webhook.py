@@ -7,6 +7,7 @@ configured = 403, bad or missing signature = 401, over the cap = 413, junk = 400
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -25,6 +26,10 @@ log = get_logger("testmesh.web.config_webhook")
 SOURCE = "config"
 
 Trigger = Callable[[str], int]
+#: Tells the other replicas to reload too (``web/replicas_ext.py``); never raises.
+Broadcast = Callable[[], Awaitable[None]]
+#: Seconds a broadcast may take before the webhook is answered without it.
+BROADCAST_TIMEOUT = 2.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -58,8 +63,19 @@ def parse_push_ref(body: bytes) -> str | None:
     return ref if isinstance(ref, str) and ref else None
 
 
+async def run_hooks(hooks: list[Broadcast]) -> None:
+    """Await each broadcast hook (bounded); a failure is logged, never raised: the local
+    reload is scheduled already and the poll interval is the others' backstop."""
+    for hook in hooks:
+        try:
+            async with asyncio.timeout(BROADCAST_TIMEOUT):
+                await hook()
+        except Exception:
+            log.exception("config_broadcast_failed")
+
+
 def make_handler(*, secret: SecretValue | None, branch: str, max_body_bytes: int,
-                 trigger: Trigger) -> Handler:
+                 trigger: Trigger, broadcast: Broadcast | None = None) -> Handler:
     """The handler, closed over what it needs (tests build it with fakes)."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -82,6 +98,8 @@ def make_handler(*, secret: SecretValue | None, branch: str, max_body_bytes: int
             return web.json_response({"delivery_id": delivery, "outcome": "ignored",
                                       "reason": f"push to {ref}, the daemon tracks {tracked}"})
         ticket = trigger("webhook")
+        if broadcast is not None:
+            await broadcast()
         bound.info("config_webhook_accepted", ref=ref, ticket=ticket)
         return web.json_response({"delivery_id": delivery, "outcome": "accepted",
                                   "reload": "scheduled"}, status=202)
@@ -89,4 +107,5 @@ def make_handler(*, secret: SecretValue | None, branch: str, max_body_bytes: int
     return handle
 
 
-__all__ = ["SOURCE", "make_handler", "parse_push_ref", "verify"]
+__all__ = ["BROADCAST_TIMEOUT", "SOURCE", "Broadcast", "make_handler", "parse_push_ref",
+           "run_hooks", "verify"]

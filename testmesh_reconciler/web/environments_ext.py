@@ -6,8 +6,6 @@ the ``/api/v1/test-environments`` routes and runs the TTL reaper as a guarded lo
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -15,6 +13,7 @@ from aiohttp import web
 from testmesh_reconciler.environments import EnvironmentManager
 from testmesh_reconciler.errors import UsageError
 from testmesh_reconciler.providers.argocd import Sleep
+from testmesh_reconciler.replica import replica_name
 from testmesh_reconciler.services import Services
 from testmesh_reconciler.settings import Settings
 from testmesh_reconciler.store.base import Store
@@ -23,11 +22,6 @@ from testmesh_reconciler.web.app import add_loop
 from testmesh_reconciler.web.environments_api import ENVIRONMENTS
 
 REAPER_LOOP = "environment-reaper"
-
-
-def replica_name() -> str:
-    """This process's name in leases: host name and pid."""
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def build_manager(settings: Settings, services: Services, *, sleep: Sleep = asyncio.sleep,

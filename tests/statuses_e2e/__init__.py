@@ -1,0 +1,1 @@
+"""End-to-end commit-status tests: the real daemon process against ``FakeGitea``."""
