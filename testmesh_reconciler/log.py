@@ -6,6 +6,7 @@ named like token/secret/password/authorization, never reach a log line.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -31,11 +32,25 @@ def _is_secret_value(value: object) -> bool:
     return type(value).__name__ == "SecretValue" and callable(getattr(value, "reveal", None))
 
 
+@functools.lru_cache(maxsize=4096)
+def _sensitive(key: str) -> bool:
+    """Whether a key names a secret (memoized: log lines use a small, fixed set of keys)."""
+    return _SENSITIVE_KEY.search(key) is not None
+
+
 def _scrub(key: str | None, value: Any) -> Any:
+    kind = type(value)
+    if kind is str:  # the common case first: no secret type, no container
+        if key is not None and _sensitive(key):
+            return REDACTED
+        if "://" in value and "@" in value:
+            return redact_url(value)
+        return value
+    if value is None or kind is bool:
+        return value
     if _is_secret_value(value):
         return REDACTED
-    if key is not None and _SENSITIVE_KEY.search(key) and value is not None \
-            and not isinstance(value, bool):
+    if key is not None and _sensitive(key):
         return REDACTED
     if isinstance(value, dict):
         return {k: _scrub(str(k), v) for k, v in value.items()}
@@ -49,7 +64,7 @@ def _scrub(key: str | None, value: Any) -> Any:
 def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
            ) -> MutableMapping[str, Any]:
     """structlog processor: hide secrets by type and by key name (``event`` is kept)."""
-    for key, value in list(event_dict.items()):
+    for key, value in event_dict.items():  # values are replaced, never keys added
         if key == "event":
             if _is_secret_value(value):
                 event_dict[key] = REDACTED

@@ -13,6 +13,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from testmesh_reconciler.config.model import KINDS
 
+#: Label children kept per collector (sources and statuses are few; paths are not labels).
+_MAX_CACHED_CHILDREN = 256
 _RELOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -50,6 +52,7 @@ class Metrics:
             ["source", "status"], registry=r)
         self.runs = Counter(
             "testmesh_runs", "Suite runs finished, by status", ["status"], registry=r)
+        self._webhook_children: dict[tuple[str, int], Counter] = {}
         for result in ("ok", "failed", "error", "unchanged"):
             self.config_reloads.labels(result)
         for kind in KINDS:
@@ -73,7 +76,13 @@ class Metrics:
         self.config_snapshot_age.set_function(age)
 
     def webhook(self, source: str, status: int) -> None:
-        self.webhooks.labels(source, str(status)).inc()
+        key = (source, status)
+        child = self._webhook_children.get(key)
+        if child is None:  # label lookups take a lock and validate: once per pair
+            child = self.webhooks.labels(source, str(status))
+            if len(self._webhook_children) < _MAX_CACHED_CHILDREN:
+                self._webhook_children[key] = child
+        child.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,9 +8,10 @@ stored in one transaction (dedup, queue cap, supersede) before the 202 (DESIGN.m
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -34,9 +35,15 @@ from testmesh_reconciler.store.records import (
 from testmesh_reconciler.triggers import Trigger
 from testmesh_reconciler.web import SERVICES, SETTINGS, error_json, read_capped_body
 from testmesh_reconciler.webhooks import RECEIVERS
-from testmesh_reconciler.webhooks.common import BadRequest, Ignored, Rejected
+from testmesh_reconciler.webhooks.common import (
+    BadRequest,
+    Ignored,
+    Rejected,
+    lower_headers,
+)
 
 log = get_logger("testmesh.web.webhooks")
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 #: The dispatcher of this app (set by ``dispatch_ext.extension``); woken on every enqueue.
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
@@ -97,26 +104,45 @@ async def read_body(request: web.Request, limit: int) -> bytes:
                               f"{' '.join(str(exc).split())}") from None
 
 
+def _answer(data: dict[str, Any], status: int = 200) -> web.Response:
+    """A JSON answer (``json_response`` without its text/charset round trip)."""
+    return web.Response(body=_dumps(data).encode(), status=status,
+                        content_type="application/json")
+
+
 def make_handler(source: DeliverySource) -> Handler:
     """The handler of one source (``gitea`` / ``argocd``) for all of its paths."""
     receiver = RECEIVERS[source]
+    # ``isinstance(store, Store)`` on a runtime-checkable Protocol walks every member: check
+    # each store object once, not once per delivery.
+    checked: dict[int, tuple[object, bool]] = {}
+
+    def is_store(store: object) -> bool:
+        seen = checked.get(id(store))
+        if seen is None or seen[0] is not store:
+            seen = (store, isinstance(store, Store))
+            checked.clear()
+            checked[id(store)] = seen
+        return seen[1]
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        settings, services = request.app[SETTINGS], request.app[SERVICES]
+        app = request.app
+        settings, services = app[SETTINGS], app[SERVICES]
         clock = services.clock
         received = clock.now()
         delivery_id = DeliveryId(new_id())
-        bound = log.bind(delivery_id=delivery_id, source=source)
         body = await read_body(request, settings.max_body_bytes)
         snapshot = services.state.snapshot
         store = services.store
-        if snapshot is None or not isinstance(store, Store):
-            bound.warning("webhook_not_ready")
+        if snapshot is None or not is_store(store):
+            log.warning("webhook_not_ready", delivery_id=delivery_id, source=source)
             return error_json(503, "no valid config has been loaded yet; retry shortly",
                               headers={"Retry-After": RETRY_AFTER})
-        workspace = request.match_info.get("ws", DEFAULT_WORKSPACE)
-        name = request.match_info.get("integration")
-        headers = request.headers
+        store = cast(Store, store)
+        match_info = request.match_info
+        workspace = match_info.get("ws", DEFAULT_WORKSPACE)
+        name = match_info.get("integration")
+        headers = lower_headers(request.headers)
         digest = hashlib.sha256(body).hexdigest()
 
         def delivery(outcome: DeliveryOutcome, status: int, *, event: str = "unknown",
@@ -130,8 +156,8 @@ def make_handler(source: DeliverySource) -> Handler:
         chosen = receiver.select_integration(snapshot, headers, body, workspace=workspace,
                                              name=name)
         if isinstance(chosen, Rejected):
-            bound.warning("webhook_rejected", status=chosen.status, reason=chosen.reason,
-                          integration=name)
+            log.warning("webhook_rejected", delivery_id=delivery_id, source=source,
+                        status=chosen.status, reason=chosen.reason, integration=name)
             if name is not None and chosen.status == 401:  # a known integration: audit it
                 await store.record_delivery(
                     delivery("rejected", 401, integration=name, reason=chosen.reason),
@@ -140,8 +166,8 @@ def make_handler(source: DeliverySource) -> Handler:
         integration: Integration = chosen
         verdict = receiver.parse(headers, body, integration, snapshot)
         if isinstance(verdict, BadRequest):
-            bound.info("webhook_bad_request", reason=verdict.reason,
-                       integration=integration.name)
+            log.info("webhook_bad_request", delivery_id=delivery_id, source=source,
+                     reason=verdict.reason, integration=integration.name)
             await store.record_delivery(
                 delivery("rejected", verdict.status, integration=integration.name,
                          reason=verdict.reason),
@@ -151,10 +177,13 @@ def make_handler(source: DeliverySource) -> Handler:
             return await _ignored(store, delivery(
                 "ignored", 200, event=verdict.event or "unknown", repo=verdict.repo,
                 integration=integration.name, reason=verdict.reason, sha=verdict.sha or None,
-                app=verdict.app), settings.max_queued_runs, bound)
+                app=verdict.app), settings.max_queued_runs, {})
         trigger = verdict
-        bound = bound.bind(repo=trigger.repo, sha=trigger.sha, app=trigger.app,
-                           webhook_event=trigger.event, integration=integration.name)
+        # What every later log line of this delivery carries (no bound-logger chains).
+        bound: dict[str, Any] = {
+            "delivery_id": delivery_id, "source": source, "repo": trigger.repo,
+            "sha": trigger.sha, "app": trigger.app, "webhook_event": trigger.event,
+            "integration": integration.name}
         trigger_fields: dict[str, Any] = dict(
             event=trigger.event, repo=trigger.repo, integration=integration.name,
             action=trigger.action, branch=trigger.branch, sha=trigger.sha, app=trigger.app,
@@ -164,7 +193,7 @@ def make_handler(source: DeliverySource) -> Handler:
             return await _ignored(store, delivery(
                 "ignored", 200, reason=explain_no_match(snapshot, trigger), **trigger_fields),
                 settings.max_queued_runs, bound)
-        dispatcher = request.app.get(DISPATCHER)
+        dispatcher = app.get(DISPATCHER)
         runs = build_runs(snapshot, matches, trigger, delivery_id=delivery_id,
                           queued_at=received, dispatcher=dispatcher)
         rules = tuple(m.rule.name for m in matches)
@@ -176,36 +205,37 @@ def make_handler(source: DeliverySource) -> Handler:
             dedup_window_start=received - timedelta(seconds=settings.dedup_window),
             max_queued=settings.max_queued_runs)
         if result.duplicate:
-            bound.info("webhook_duplicate", duplicate_of=result.duplicate_of,
-                       runs=list(result.run_ids))
-            return web.json_response({"delivery_id": delivery_id, "duplicate": True,
-                                      "duplicate_of": result.duplicate_of,
-                                      "matched_rules": list(rules),
-                                      "runs": list(result.run_ids)}, status=202)
+            log.info("webhook_duplicate", **bound, duplicate_of=result.duplicate_of,
+                     runs=list(result.run_ids))
+            return _answer({"delivery_id": delivery_id, "duplicate": True,
+                            "duplicate_of": result.duplicate_of,
+                            "matched_rules": list(rules),
+                            "runs": list(result.run_ids)}, status=202)
         if result.rejected is not None:
-            bound.warning("webhook_queue_full", reason=result.rejected,
-                          max_queued_runs=settings.max_queued_runs)
+            log.warning("webhook_queue_full", **bound, reason=result.rejected,
+                        max_queued_runs=settings.max_queued_runs)
             return error_json(429, f"{result.rejected}: {settings.max_queued_runs} runs are "
                               "queued (--max-queued-runs); retry later",
                               headers={"Retry-After": RETRY_AFTER}, delivery_id=delivery_id)
         if dispatcher is not None:
             dispatcher.wake()
-        bound.info("webhook_accepted", rules=list(rules), runs=list(result.run_ids),
-                   superseded=list(result.superseded))
-        return web.json_response({"delivery_id": delivery_id, "matched_rules": list(rules),
-                                  "runs": list(result.run_ids)}, status=202)
+        log.info("webhook_accepted", **bound, rules=list(rules), runs=list(result.run_ids),
+                 superseded=list(result.superseded))
+        return _answer({"delivery_id": delivery_id, "matched_rules": list(rules),
+                        "runs": list(result.run_ids)}, status=202)
 
     return handle
 
 
 async def _ignored(store: Store, delivery: Delivery, max_queued: int,
-                   bound: Any) -> web.StreamResponse:
+                   bound: dict[str, Any]) -> web.StreamResponse:
     await store.record_delivery(delivery, (), dedup_window_start=delivery.received_at,
                                 max_queued=max_queued)
-    bound.info("webhook_ignored", reason=delivery.reason, webhook_event=delivery.event,
-               repo=delivery.repo, sha=delivery.sha)
-    return web.json_response({"delivery_id": delivery.id, "outcome": "ignored",
-                              "reason": delivery.reason})
+    fields = {**bound, "delivery_id": delivery.id, "source": delivery.source,
+              "webhook_event": delivery.event, "repo": delivery.repo, "sha": delivery.sha}
+    log.info("webhook_ignored", **fields, reason=delivery.reason)
+    return _answer({"delivery_id": delivery.id, "outcome": "ignored",
+                    "reason": delivery.reason})
 
 
 def add_routes(app: web.Application) -> None:

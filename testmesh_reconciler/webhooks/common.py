@@ -70,9 +70,20 @@ class Receiver(Protocol):
 
 
 # -- headers ------------------------------------------------------------------------------
-def lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Header names lower-cased (first value wins); non-string entries are dropped."""
-    out: dict[str, str] = {}
+class LowerHeaders(dict[str, str]):
+    """Headers already lower-cased by ``lower_headers`` (passed on as they are)."""
+
+    __slots__ = ()
+
+
+def lower_headers(headers: Mapping[str, str]) -> LowerHeaders:
+    """Header names lower-cased (first value wins); non-string entries are dropped.
+
+    The web layer lowers a request's headers once and hands the result to the receivers,
+    whose own calls then return it unchanged."""
+    if type(headers) is LowerHeaders:
+        return headers
+    out = LowerHeaders()
     for key, value in headers.items():
         if isinstance(key, str) and isinstance(value, str):
             out.setdefault(key.lower(), value)
@@ -191,6 +202,6 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-__all__ = ["NO_VALUE", "WEBHOOK_SECRET", "BadRequest", "Ignored", "Receiver", "Rejected",
-           "Verdict", "decode_object", "dig", "lower_headers", "same_secret", "secret_text",
-           "select", "text"]
+__all__ = ["NO_VALUE", "WEBHOOK_SECRET", "BadRequest", "Ignored", "LowerHeaders", "Receiver",
+           "Rejected", "Verdict", "decode_object", "dig", "lower_headers", "same_secret",
+           "secret_text", "select", "text"]

@@ -89,7 +89,7 @@ class ServiceThread:
 
     def serve(self, app: web.Application) -> str:
         async def start() -> str:
-            runner = web.AppRunner(app, access_log=None)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
