@@ -244,6 +244,10 @@ def main() -> int:
                                                    args.connections, args.threads)
         finally:
             stop(peer)
+    if results["testmesh_distinct"]["requests"] > args.bodies:
+        print(f"warning: {results['testmesh_distinct']['requests']} requests for "
+              f"{args.bodies} distinct pushes: some were duplicates; raise --bodies",
+              file=sys.stderr)
     for path in ("distinct", "duplicate"):
         ours, theirs = results[f"testmesh_{path}"], results[f"webhook_{path}"]
         results[f"ratio_{path}"] = ours["accepted_per_s"] / max(theirs["accepted_per_s"], 1e-9)

@@ -594,7 +594,13 @@ class EnvironmentManager:
 
     async def _take(self, env_id: EnvironmentId,
                     routing: Mapping[str, str]) -> EnvironmentInstance | None:
-        """Count one more run on a live record (state ``running``); None when it went away."""
+        """Count one more run on a live record (state ``running``); None when it went away.
+
+        One store call (``take_environment``) when nothing holds the record; otherwise the
+        leased read-modify-write below, which waits for the lease and says why not."""
+        taken = await self.store.take_environment(env_id, routing, self._clock.now())
+        if taken is not None:
+            return taken
         async with self._leased(env_id) as lease:
             fresh = await self.store.get_environment(env_id)
             if fresh is None or fresh.teardown_requested or fresh.error is not None \

@@ -7,6 +7,7 @@ named like token/secret/password/authorization, never reach a log line.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 import sys
@@ -73,6 +74,14 @@ def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
     return event_dict
 
 
+#: One encoder for every JSON line (``json.dumps(..., default=str)`` builds one per call).
+_JSON_ENCODER = json.JSONEncoder(default=str)
+
+
+def _json_line(event_dict: Any, **_kw: Any) -> str:
+    return _JSON_ENCODER.encode(event_dict)
+
+
 def configure_logging(mode: Literal["json", "console"] = "console", *,
                       level: int = logging.INFO, stream: TextIO | None = None) -> None:
     """Configure structlog for this process (calling it again replaces the set-up)."""
@@ -85,7 +94,7 @@ def configure_logging(mode: Literal["json", "console"] = "console", *,
     renderer: Any
     if mode == "json":
         renderer = [structlog.processors.dict_tracebacks,
-                    structlog.processors.JSONRenderer(default=str)]
+                    structlog.processors.JSONRenderer(serializer=_json_line)]
     else:
         renderer = [structlog.dev.ConsoleRenderer(colors=False)]
     structlog.configure(

@@ -6,7 +6,7 @@ pass ``now``. Contract tests in ``tests/store/test_store_contract.py`` pin the b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -175,6 +175,16 @@ class Store(Protocol):
         self, env_id: EnvironmentId, owner: str, now: datetime, lease_seconds: float
     ) -> bool:
         """Take or renew the provisioning lease; False while another live owner holds it."""
+
+    async def take_environment(
+        self, env_id: EnvironmentId, routing: Mapping[str, str], now: datetime
+    ) -> EnvironmentInstance | None:
+        """One more run on a live record, in one atomic update: only when no teardown is
+        requested, it has no error, its state is ``warm``, ``cooling`` or ``running`` and no
+        live lease is held on it. It becomes ``running`` with ``users + 1``, ``routing``,
+        ``last_used_at = now``, ``expires_at = now + TTL`` and no lease. Returns the stored
+        record, or ``None`` when a condition failed (nothing was written).
+        """
 
     async def expired_environments(self, now: datetime) -> list[EnvironmentInstance]:
         """Warm/cooling instances past ``expires_at`` that no run holds."""

@@ -817,6 +817,23 @@ class PostgresStore:
         params = (owner, now + timedelta(seconds=lease_seconds), env_id, owner, now)
         return await self._execute(sql, params) == 1
 
+    async def take_environment(
+        self, env_id: EnvironmentId, routing: Mapping[str, str], now: datetime
+    ) -> EnvironmentInstance | None:
+        """A conditional UPDATE: its row lock orders it against racing replicas."""
+        now = _now(now)
+        sql = (
+            "UPDATE environments SET state = 'running', users = users + 1, last_used_at = %s, "
+            "expires_at = %s + make_interval(secs => ttl_minutes * 60), routing = %s, "
+            "owner = NULL, lock_until = NULL WHERE id = %s AND NOT teardown_requested "
+            "AND error IS NULL AND state IN ('warm', 'cooling', 'running') "
+            "AND (owner IS NULL OR lock_until IS NULL OR lock_until < %s) "
+            f"RETURNING {ENVIRONMENTS.select}"
+        )
+        params = (now, now, _json(dict(routing)), env_id, now)
+        found = await self._select(ENVIRONMENTS, sql, params)
+        return found[0] if found else None
+
     async def expired_environments(self, now: datetime) -> list[EnvironmentInstance]:
         sql = (
             f"SELECT {ENVIRONMENTS.select} FROM environments WHERE state IN ('warm', 'cooling') "

@@ -710,6 +710,14 @@ class SqliteStore:
         params = (owner, _lease_us(now, lease_seconds), env_id, owner, to_us(now))
         return bool(await self._call(partial(_execute, sql, params), "write"))
 
+    async def take_environment(
+        self, env_id: EnvironmentId, routing: Mapping[str, str], now: datetime
+    ) -> EnvironmentInstance | None:
+        now_us = to_us(now)
+        params = [now_us, now_us, _dumps(dict(routing)), env_id, now_us]
+        found = await self._call(partial(_select, ENVIRONMENTS, _TAKE_SQL, params), "write")
+        return found[0] if found else None
+
     async def expired_environments(self, now: datetime) -> list[EnvironmentInstance]:
         sql = (
             f"SELECT {ENVIRONMENTS.select} FROM environments WHERE state IN ('warm', 'cooling') "
@@ -935,8 +943,7 @@ def _record_delivery(
             return RecordResult(delivery=stored, rejected="queue full")
         stored = _insert_accepted(delivery, run_ids, window_start_us, conn)
         for old_id, new in pairs:
-            params = (_superseded_reason(new), to_us(new.queued_at), old_id)
-            conn.execute(_SUPERSEDE_SQL, params)
+            conn.execute(_SUPERSEDE_SQL, (_superseded_reason(new), to_us(new.queued_at), old_id))
             superseded.append(old_id)
     else:
         stored = _insert_accepted(delivery, run_ids, window_start_us, conn)
@@ -1157,6 +1164,16 @@ def _recover_expired(
     return RecoveryResult(
         interrupted=tuple(_attach_reports(conn, interrupted)), requeued=tuple(requeued)
     )
+
+
+_TAKE_SQL = (
+    "UPDATE environments SET state = 'running', users = users + 1, last_used_at = ?, "
+    "expires_at = ? + CAST(ttl_minutes * 60000000 AS INTEGER), routing = ?, owner = NULL, "
+    "lock_until = NULL WHERE id = ? AND teardown_requested = 0 AND error IS NULL "
+    "AND state IN ('warm', 'cooling', 'running') "
+    "AND (owner IS NULL OR lock_until IS NULL OR lock_until < ?) "
+    f"RETURNING {ENVIRONMENTS.select}"
+)
 
 
 # The oldest queued entry of each (repo, sha, context) group, and only once it is due: a

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Final
 
 from aiohttp import web
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDict
 
 from testmesh_reconciler.errors import WebhookRejected
 from testmesh_reconciler.log import get_logger
@@ -29,6 +33,7 @@ from testmesh_reconciler.web import (
     config_webhook,
     error_json,
     health,
+    read_capped_body,
 )
 
 log = get_logger("testmesh.web")
@@ -50,14 +55,76 @@ def webhook_source(path: str) -> str | None:
     return m.group("source") or m.group("ws_source")
 
 
+#: Content codings a request body may use (aiohttp's own decoding is off: it answers an
+#: unknown one, e.g. ``br`` without Brotli, outside the app, in plain text).
+_DECODERS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
+                    "deflate": zlib.MAX_WBITS}
+
+
+def _inflate(data: bytes, coding: str, limit: int) -> bytes:
+    """``data`` decoded from ``coding`` (gzip / deflate, zlib-wrapped or raw), at most
+    ``limit`` bytes (413 beyond); ``WebhookRejected(400)`` when it does not decode."""
+    wbits = _DECODERS[coding]
+    for attempt in (wbits, -zlib.MAX_WBITS) if coding == "deflate" else (wbits,):
+        inflater = zlib.decompressobj(attempt)
+        try:
+            out = inflater.decompress(data, limit + 1)
+            if len(out) <= limit:
+                out += inflater.flush()
+        except zlib.error as exc:
+            error = exc
+            continue
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise WebhookRejected(413, f"body larger than {limit} bytes once decoded "
+                                  "(--max-body-bytes)")
+        if not inflater.eof:
+            error = zlib.error("the compressed data ends early")
+            continue
+        return out
+    raise WebhookRejected(400, f"could not decode the request body ({coding}): {error}")
+
+
+async def decoded_request(request: web.Request, limit: int, *, webhook: bool) -> web.Request:
+    """``request`` itself, or (with a ``Content-Encoding``) a copy whose body is decoded.
+
+    gzip and deflate are decoded here, capped at ``limit`` bytes; any other coding is
+    refused with a reason: 400 on webhook routes (DESIGN.md section 4), 415 elsewhere."""
+    header = request.headers.get("Content-Encoding", "")
+    codings = [c.strip().lower() for c in header.split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings:
+        return request
+    unknown = [c for c in codings if c not in _DECODERS]
+    if unknown:
+        raise WebhookRejected(400 if webhook else 415, (
+            f"unsupported Content-Encoding {unknown[0]!r}: send the body uncompressed, "
+            "gzip or deflate"))
+    body = await read_capped_body(request, limit)
+    for coding in reversed(codings):  # the last coding applied is undone first
+        body = _inflate(body, coding, limit)
+    headers = CIMultiDict(request.headers)
+    del headers["Content-Encoding"]
+    headers["Content-Length"] = str(len(body))
+    copy = request.clone(headers=headers)
+    stream = StreamReader(request.protocol, limit=2 ** 16, loop=asyncio.get_running_loop())
+    stream.feed_data(body)
+    stream.feed_eof()
+    copy._payload = stream  # aiohttp has no public way to hand a handler another body
+    return copy
+
+
 @web.middleware
 async def error_middleware(request: web.Request,
                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                            ) -> web.StreamResponse:
     """JSON errors everywhere; an unexpected exception is a logged 500, except on webhook
-    routes, which answer 400 instead (a sender must never see a 5xx but 503)."""
+    routes, which answer 400 instead (a sender must never see a 5xx but 503). Compressed
+    bodies are decoded here (``decoded_request``)."""
     source = webhook_source(request.path)
     try:
+        if "Content-Encoding" in request.headers:
+            request = await decoded_request(request, request.app[SETTINGS].max_body_bytes,
+                                            webhook=source is not None)
         response = await handler(request)
     except WebhookRejected as exc:
         response = error_json(exc.status, exc.reason, headers=exc.headers or None)
@@ -147,7 +214,9 @@ def create_app(settings: Settings, services: Services, *,
                extensions: Sequence[Extension] = ()) -> web.Application:
     """The daemon's app. ``extensions`` get the app to add routes, loops, providers."""
     app = web.Application(middlewares=[error_middleware],
-                          client_max_size=settings.max_body_bytes)
+                          client_max_size=settings.max_body_bytes,
+                          # bodies are decoded by ``error_middleware``, with answers we own
+                          handler_args={"auto_decompress": False})
     app[SETTINGS] = settings
     app[SERVICES] = services
     app[STATUS_PROVIDERS] = []
@@ -174,5 +243,5 @@ def create_app(settings: Settings, services: Services, *,
 
 
 __all__ = ["CONFIG_WEBHOOK_PATH", "SERVICES", "SETTINGS", "STATUS_PROVIDERS", "TASKS",
-           "Extension", "add_loop", "add_status_provider", "create_app", "error_middleware",
-           "webhook_source"]
+           "Extension", "add_loop", "add_status_provider", "create_app", "decoded_request",
+           "error_middleware", "webhook_source"]

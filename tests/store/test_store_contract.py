@@ -620,6 +620,41 @@ async def test_environment_compare_and_set(store: Store, clock: FakeClock) -> No
             "routing", "last_used_at", "expires_at", "error"} <= body.keys()  # fmt: skip
 
 
+async def test_take_environment_in_one_update(store: Store, clock: FakeClock) -> None:
+    env = make_env(clock)
+    assert await store.insert_environment(env)
+    routing = {"user-service": "http://users.pr-1:8080"}
+    assert await store.take_environment(env.id, routing, clock.now()) is None  # provisioning
+    warm = replace(env, state="warm", last_used_at=clock.now(),
+                   expires_at=clock.now() + timedelta(minutes=60))  # fmt: skip
+    assert await store.update_environment(warm, expect_state="provisioning")
+    clock.advance(30)
+    taken = await store.take_environment(env.id, routing, clock.now())
+    assert taken is not None
+    assert (taken.state, taken.users, dict(taken.routing)) == ("running", 1, routing)
+    assert taken.last_used_at == clock.now()
+    assert taken.expires_at == clock.now() + timedelta(minutes=60)
+    assert (taken.owner, taken.lock_until) == (None, None)
+    assert await store.get_environment(env.id) == taken
+    again = await store.take_environment(env.id, routing, clock.now())  # shared while running
+    assert again is not None and again.users == 2
+
+    assert await store.lock_environment(env.id, "other", clock.now(), 60)  # a live lease
+    assert await store.take_environment(env.id, routing, clock.now()) is None
+    clock.advance(61)  # the lease ran out
+    assert (await store.take_environment(env.id, routing, clock.now())).users == 3  # type: ignore[union-attr]
+
+    for blocked in (replace(again, error="provisioning failed: boom"),
+                    replace(again, teardown_requested=True),
+                    replace(again, state="destroyed")):  # fmt: skip
+        current = await store.get_environment(env.id)
+        assert current is not None
+        assert await store.update_environment(replace(blocked, users=current.users))
+        assert await store.take_environment(env.id, routing, clock.now()) is None
+        assert (await store.get_environment(env.id)).users == 3  # type: ignore[union-attr]
+    assert await store.take_environment(EnvironmentId(new_id()), routing, clock.now()) is None
+
+
 async def test_replicas(store: Store, clock: FakeClock) -> None:
     await store.heartbeat_replica("a", "rev1", clock.now())
     clock.advance(60)
