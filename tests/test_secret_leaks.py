@@ -71,7 +71,7 @@ async def test_sealed_secrets_never_appear_in_outputs(tmp_path: Path) -> None:
     argo.write_text(argo.read_text().replace(
         "{env: ARGOCD_WEBHOOK_SECRET}", sealed("argocd-staging", "webhook_secret", ARGO_HOOK)))
     for cmd in (["add", "-A"], ["commit", "-q", "-m", "seal the secrets"]):
-        subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c",
+        subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c",  # noqa: ASYNC221
                         "user.email=t@example.invalid", *cmd], check=True, capture_output=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
