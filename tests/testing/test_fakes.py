@@ -103,7 +103,7 @@ def test_contracts_dir_found_and_env_override(
     found = contracts_dir()
     assert (found / "gitea" / "swagger.v1.json").is_file()
     monkeypatch.setenv(CONTRACTS_ENV, str(found))
-    assert contracts_dir() == found
+    assert contracts_dir().resolve() == found.resolve()  # shared/ may be a symlink
     monkeypatch.setenv(CONTRACTS_ENV, str(tmp_path))
     with pytest.raises(ContractsNotFound, match=CONTRACTS_ENV):
         contracts_dir()
