@@ -1,9 +1,11 @@
 """Benchmark: environment acquisition on a store holding 1,000 environment records.
 
 100 concurrent acquisitions over 20 contexts (10 with a warm record, 10 new) against the
-fake Argo CD on 127.0.0.1 (its Progressing -> Healthy waits run on a fake clock). Checks
-provisionings == new contexts and reports acquisition overhead, i.e. latency minus the time
-spent inside Argo CD provisioning (``ensure_ready``), beside the peer floor of one store read.
+fake Argo CD on 127.0.0.1, served by a child process so that its request handling neither
+queues on the manager's event loop nor competes for its GIL (its Progressing -> Healthy
+waits run on a fake clock). Checks provisionings == new contexts and reports acquisition
+overhead, i.e. latency minus the time spent inside Argo CD provisioning (``ensure_ready``),
+beside the peer floor of one store read.
 Usage: ``python benchmarks/bench_environments.py [--records 1000] [--runs 100] [--json]``.
 """
 
@@ -44,6 +46,46 @@ CONTEXTS = 20
 WARM = 10
 
 
+class ArgoProcess:
+    """The fake Argo CD served by a child process (its own interpreter, event loop and GIL):
+    the benchmark's process only runs the manager, its HTTP client and the store. The warm
+    apps are seeded at start; ``stop`` returns the fake's request counters."""
+
+    def __init__(self, token: str, warm_apps: list[str]) -> None:
+        self._args = [sys.executable, __file__, "--serve-argocd", token, *warm_apps]
+        self._proc: asyncio.subprocess.Process | None = None
+        self.base_url = ""
+
+    async def start(self) -> str:
+        self._proc = await asyncio.create_subprocess_exec(
+            *self._args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert self._proc.stdout is not None
+        self.base_url = (await self._proc.stdout.readline()).decode().strip()
+        if not self.base_url.startswith("http://"):
+            raise RuntimeError(f"the fake Argo CD did not start: {self.base_url!r}")
+        return self.base_url
+
+    async def stop(self) -> dict[str, int]:
+        """Ask for the counters (creates, syncs) and let the child exit."""
+        assert self._proc is not None and self._proc.stdin is not None
+        out, _ = await self._proc.communicate(b"stop\n")
+        counters: dict[str, int] = json.loads(out)
+        return counters
+
+
+async def _serve_argocd(token: str, warm_apps: list[str]) -> None:
+    """Child side of ``ArgoProcess``: serve until a line arrives on stdin, then print the
+    counters as JSON."""
+    fake = FakeArgoCD(token=token, debug=False)
+    for app in warm_apps:
+        fake.add_app(app, sync="Synced", health="Healthy")
+    print(await fake.start(), flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    await fake.stop()
+    print(json.dumps({"creates": sum(fake.creates.values()),
+                      "syncs": sum(fake.syncs.values())}), flush=True)
+
+
 def _ms(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {"median_ms": round(statistics.median(ordered) * 1000, 3),
@@ -51,7 +93,7 @@ def _ms(values: list[float]) -> dict[str, float]:
             "max_ms": round(ordered[-1] * 1000, 3)}
 
 
-async def _seed(store: SqliteStore, clock: FakeClock, argocd: FakeArgoCD, records: int) -> None:
+async def _seed(store: SqliteStore, clock: FakeClock, records: int) -> None:
     now = clock.now()
     for i in range(records):
         warm = i < WARM
@@ -63,15 +105,13 @@ async def _seed(store: SqliteStore, clock: FakeClock, argocd: FakeArgoCD, record
             provider_app_name=f"shop-{context}", namespace=f"review-{context}",
             routing={}, last_used_at=now, expires_at=now + timedelta(hours=1))
         assert await store.insert_environment(env)
-        if warm:
-            argocd.add_app(f"shop-{context}", sync="Synced", health="Healthy")
 
 
 async def bench(records: int, runs: int) -> dict[str, Any]:
     configure_logging("json")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
-    argocd = FakeArgoCD(token="argo-t0k3n", debug=False)
-    await argocd.start()
+    argo = ArgoProcess("argo-t0k3n", [f"shop-pr-{i}" for i in range(WARM)])
+    base_url = await argo.start()
     clock = FakeClock()
 
     async def sleep(seconds: float) -> None:
@@ -89,11 +129,11 @@ async def bench(records: int, runs: int) -> dict[str, Any]:
             argo_time[kwargs["app_name"]] = time.perf_counter() - start
 
     environments.ensure_ready = timed_ensure  # type: ignore[assignment]
-    snapshot = load_snapshot(argocd.base_url)
+    snapshot = load_snapshot(base_url)
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(Path(tmp) / "bench.sqlite3")
         await store.open()
-        await _seed(store, clock, argocd, records)
+        await _seed(store, clock, records)
         async with httpx.AsyncClient(timeout=10.0) as http:
             manager = EnvironmentManager(store, http=http, clock=clock, sleep=sleep,
                                          replica="bench", provision_timeout=600.0,
@@ -122,23 +162,24 @@ async def bench(records: int, runs: int) -> dict[str, Any]:
             sequential = [(await timed(acquire(i)))[0] for i in range(CONTEXTS)]
             floor = [(await timed(lambda: store.get_environment("missing")))[0]
                      for _ in range(200)]
-        creates = sum(argocd.creates.values())
-        report = {
+        await store.close()
+    counters = await argo.stop()
+    environments.ensure_ready = real_ensure
+    creates = counters["creates"]
+    return {
             "records": records, "runs": runs, "contexts": CONTEXTS,
             "new_contexts": CONTEXTS - WARM, "provisionings": manager.provisionings,
-            "argocd_creates": creates, "argocd_syncs": sum(argocd.syncs.values()),
+            "argocd_creates": creates, "argocd_syncs": counters["syncs"],
             "ok": manager.provisionings == creates == CONTEXTS - WARM,
             "overhead_concurrent": _ms(overhead),
+            "overhead_new_contexts": _ms([o for i, o in enumerate(overhead)
+                                          if i % CONTEXTS >= WARM]),
             "amortized_ms_per_acquisition": round(
                 (burst - max(argo_time.values(), default=0.0)) / runs * 1000, 3),
             "reuse_latency_concurrent": _ms(reuse_concurrent),
             "reuse_latency_sequential": _ms(sequential),
             "peer_store_read": _ms(floor),
-        }
-        await store.close()
-    await argocd.stop()
-    environments.ensure_ready = real_ensure
-    return report
+    }
 
 
 def main() -> int:
@@ -146,7 +187,12 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--serve-argocd", nargs="+", metavar="TOKEN_AND_APPS",
+                        help=argparse.SUPPRESS)  # the child process of ArgoProcess
     args = parser.parse_args()
+    if args.serve_argocd:
+        asyncio.run(_serve_argocd(args.serve_argocd[0], args.serve_argocd[1:]))
+        return 0
     report = asyncio.run(bench(args.records, args.runs))
     if args.json:
         print(json.dumps(report, indent=2))

@@ -31,6 +31,7 @@ from testmesh_reconciler.runner.interpolate import Builtins, Scope, interpolate
 from testmesh_reconciler.store.base import Store
 from testmesh_reconciler.store.clock import Clock
 from testmesh_reconciler.store.records import (
+    REUSABLE_ENV_STATES,
     EnvironmentId,
     EnvironmentInstance,
     EnvironmentState,
@@ -395,6 +396,14 @@ class EnvironmentManager:
         Raises ``EnvironmentUnavailable`` with a message saying what to fix.
         """
         target = self._target(snapshot, workspace, name, variables, run_id)
+        if target.key not in self._flight:  # else join the call in flight for this key
+            # The common case in one store call: a live record usable as it is.
+            taken = await self.store.take_reusable(
+                workspace, name, target.context, target.rendered.routing, self._clock.now(),
+                provider=target.declared.provider,
+                provider_app_name=target.rendered.provider_app_name)
+            if taken is not None:
+                return self._acquired(target, taken, run_id)
         for _ in range(ACQUIRE_ATTEMPTS):
             try:
                 ready = await self._flight.run(target.key, lambda: self._obtain(target))
@@ -402,13 +411,15 @@ class EnvironmentManager:
                 continue
             taken = await self._take(ready.id, target.rendered.routing)
             if taken is not None:
-                _log.info("environment_acquired", environment=name, workspace=workspace,
-                          context=target.context, instance=taken.id, run_id=run_id,
-                          users=taken.users)
-                return Acquired(taken.id, dict(taken.routing), name, target.rendered.context)
+                return self._acquired(target, taken, run_id)
         raise EnvironmentUnavailable(
             f"TestEnvironment {name!r} (context {target.context!r}) kept changing while it was "
             f"acquired (torn down or claimed elsewhere {ACQUIRE_ATTEMPTS} times); run again")
+
+    def _acquired(self, target: _Target, taken: EnvironmentInstance, run_id: str) -> Acquired:
+        _log.info("environment_acquired", environment=taken.name, workspace=taken.workspace,
+                  context=target.context, instance=taken.id, run_id=run_id, users=taken.users)
+        return Acquired(taken.id, dict(taken.routing), taken.name, target.rendered.context)
 
     def _target(self, snapshot: Snapshot, workspace: str, name: str,
                 variables: Mapping[str, str], run_id: str) -> _Target:
@@ -453,10 +464,14 @@ class EnvironmentManager:
         ws, name, context = target.key
         for _ in range(ACQUIRE_ATTEMPTS):
             try:
-                found = await self.store.find_reusable(ws, name, context)
+                # One read: the live record (if any) and the predecessors still to tear down.
+                records = await self.store.environments_for_key(ws, name, context)
+                found = next((r for r in records if not r.teardown_requested
+                              and r.state in REUSABLE_ENV_STATES), None)
                 if found is not None:
                     return await self._use_existing(found, target)
-                await self._clear_pending_teardowns(target)
+                await self._clear_pending_teardowns(
+                    [r for r in reversed(records) if r.teardown_requested])
                 return await self._provision_new(target)
             except _Retry:
                 continue
@@ -576,12 +591,11 @@ class EnvironmentManager:
             current = await self.store.get_environment(found.id)
         raise _Retry
 
-    async def _clear_pending_teardowns(self, target: _Target) -> None:
-        """Before a new record for a key, finish tearing down its predecessors: they name
-        the same Argo CD app, whose late delete would take the new environment down."""
-        for old in await self.store.environments_to_teardown():
-            if (old.workspace, old.name, old.context) != target.key:
-                continue
+    async def _clear_pending_teardowns(self, pending: list[EnvironmentInstance]) -> None:
+        """Before a new record for a key, finish tearing down its predecessors (``pending``,
+        oldest first): they name the same Argo CD app, whose late delete would take the new
+        environment down."""
+        for old in pending:
             if old.state == "running" or old.users:
                 raise EnvironmentUnavailable(
                     f"TestEnvironment {old.name!r} (context {old.context!r}) is to be torn "

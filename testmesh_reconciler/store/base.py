@@ -186,6 +186,32 @@ class Store(Protocol):
         record, or ``None`` when a condition failed (nothing was written).
         """
 
+    async def take_reusable(
+        self,
+        workspace: str,
+        name: str,
+        context: str,
+        routing: Mapping[str, str],
+        now: datetime,
+        *,
+        provider: str,
+        provider_app_name: str | None,
+    ) -> EnvironmentInstance | None:
+        """Find and take the live record for (workspace, name, context) in one atomic
+        update, when a run may use it as it is: the conditions of ``take_environment``,
+        plus the same ``provider`` and ``provider_app_name`` (else the declaration changed)
+        and, for a ``warm`` / ``cooling`` record, a TTL not elapsed at ``now``
+        (``now < COALESCE(last_used_at, created_at) + TTL``). The record is written as by
+        ``take_environment``. ``None`` (nothing written) sends the caller to the slow path.
+        """
+
+    async def environments_for_key(
+        self, workspace: str, name: str, context: str
+    ) -> list[EnvironmentInstance]:
+        """Every record of (workspace, name, context) that is not destroyed, newest first:
+        the live one (as ``find_reusable`` finds it) and those with a teardown requested,
+        in one read."""
+
     async def expired_environments(self, now: datetime) -> list[EnvironmentInstance]:
         """Warm/cooling instances past ``expires_at`` that no run holds."""
 

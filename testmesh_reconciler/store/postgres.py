@@ -834,6 +834,46 @@ class PostgresStore:
         found = await self._select(ENVIRONMENTS, sql, params)
         return found[0] if found else None
 
+    async def take_reusable(
+        self,
+        workspace: str,
+        name: str,
+        context: str,
+        routing: Mapping[str, str],
+        now: datetime,
+        *,
+        provider: str,
+        provider_app_name: str | None,
+    ) -> EnvironmentInstance | None:
+        """One conditional UPDATE on the live key (at most one row: the unique index); its
+        row lock orders it against racing replicas, which re-check the conditions."""
+        now = _now(now)
+        sql = (
+            "UPDATE environments SET state = 'running', users = users + 1, last_used_at = %s, "
+            "expires_at = %s + make_interval(secs => ttl_minutes * 60), routing = %s, "
+            "owner = NULL, lock_until = NULL WHERE workspace = %s AND name = %s "
+            "AND context = %s AND state NOT IN ('cold', 'destroyed') "
+            "AND NOT teardown_requested AND error IS NULL AND provider = %s "
+            "AND provider_app_name IS NOT DISTINCT FROM %s "
+            "AND (owner IS NULL OR lock_until IS NULL OR lock_until < %s) "
+            "AND (state = 'running' OR (state IN ('warm', 'cooling') AND "
+            "COALESCE(last_used_at, created_at) + make_interval(secs => ttl_minutes * 60) > %s)) "
+            f"RETURNING {ENVIRONMENTS.select}"
+        )
+        params = (now, now, _json(dict(routing)), workspace, name, context, provider,
+                  provider_app_name, now, now)  # fmt: skip
+        found = await self._select(ENVIRONMENTS, sql, params)
+        return found[0] if found else None
+
+    async def environments_for_key(
+        self, workspace: str, name: str, context: str
+    ) -> list[EnvironmentInstance]:
+        sql = (
+            f"SELECT {ENVIRONMENTS.select} FROM environments WHERE workspace = %s AND name = %s "
+            "AND context = %s AND state <> 'destroyed' ORDER BY created_at DESC, id DESC"
+        )
+        return await self._select(ENVIRONMENTS, sql, (workspace, name, context))
+
     async def expired_environments(self, now: datetime) -> list[EnvironmentInstance]:
         sql = (
             f"SELECT {ENVIRONMENTS.select} FROM environments WHERE state IN ('warm', 'cooling') "

@@ -718,6 +718,35 @@ class SqliteStore:
         found = await self._call(partial(_select, ENVIRONMENTS, _TAKE_SQL, params), "write")
         return found[0] if found else None
 
+    async def take_reusable(
+        self,
+        workspace: str,
+        name: str,
+        context: str,
+        routing: Mapping[str, str],
+        now: datetime,
+        *,
+        provider: str,
+        provider_app_name: str | None,
+    ) -> EnvironmentInstance | None:
+        now_us = to_us(now)
+        params = [now_us, now_us, _dumps(dict(routing)), workspace, name, context, provider,
+                  provider_app_name, now_us, now_us]  # fmt: skip
+        found = await self._call(
+            partial(_select, ENVIRONMENTS, _TAKE_REUSABLE_SQL, params), "write"
+        )
+        return found[0] if found else None
+
+    async def environments_for_key(
+        self, workspace: str, name: str, context: str
+    ) -> list[EnvironmentInstance]:
+        sql = (
+            f"SELECT {ENVIRONMENTS.select} FROM environments WHERE workspace = ? AND name = ? "
+            "AND context = ? AND state <> 'destroyed' ORDER BY created_at DESC, id DESC"
+        )
+        params = [workspace, name, context]
+        return await self._call(partial(_select, ENVIRONMENTS, sql, params), "read")
+
     async def expired_environments(self, now: datetime) -> list[EnvironmentInstance]:
         sql = (
             f"SELECT {ENVIRONMENTS.select} FROM environments WHERE state IN ('warm', 'cooling') "
@@ -1175,6 +1204,20 @@ _TAKE_SQL = (
     f"RETURNING {ENVIRONMENTS.select}"
 )
 
+# The live record of a key (the terms of the environments_live_key partial index, so that
+# it is used), taken as _TAKE_SQL takes one, when it is usable as it is: same provider and
+# app, and a warm/cooling one within its TTL (environments.reusable, in SQL).
+_TAKE_REUSABLE_SQL = (
+    "UPDATE environments SET state = 'running', users = users + 1, last_used_at = ?, "
+    "expires_at = ? + CAST(ttl_minutes * 60000000 AS INTEGER), routing = ?, owner = NULL, "
+    "lock_until = NULL WHERE workspace = ? AND name = ? AND context = ? "
+    "AND state NOT IN ('cold', 'destroyed') AND teardown_requested = 0 "
+    "AND error IS NULL AND provider = ? AND provider_app_name IS ? "
+    "AND (owner IS NULL OR lock_until IS NULL OR lock_until < ?) "
+    "AND (state = 'running' OR (state IN ('warm', 'cooling') AND COALESCE(last_used_at, "
+    "created_at) + CAST(ROUND(ttl_minutes * 60000000) AS INTEGER) > ?)) "
+    f"RETURNING {ENVIRONMENTS.select}"
+)
 
 # The oldest queued entry of each (repo, sha, context) group, and only once it is due: a
 # final state never overtakes the pending one of the same commit and context.

@@ -655,6 +655,86 @@ async def test_take_environment_in_one_update(store: Store, clock: FakeClock) ->
     assert await store.take_environment(EnvironmentId(new_id()), routing, clock.now()) is None
 
 
+async def test_take_reusable_finds_and_takes_in_one_update(store: Store, clock: FakeClock) -> None:
+    routing = {"user-service": "http://users.pr-1:8080"}
+    app = {"provider": "argocd", "provider_app_name": "shop-pr-1"}
+
+    async def take(context: str = "pr-1", **kw: Any) -> EnvironmentInstance | None:
+        return await store.take_reusable("default", "review", context, routing, clock.now(),
+                                         **{**app, **kw})  # fmt: skip
+
+    assert await take() is None  # no record at all
+    env = make_env(clock)
+    assert await store.insert_environment(env)
+    assert await take() is None  # provisioning
+    warm = replace(env, state="warm", last_used_at=clock.now(),
+                   expires_at=clock.now() + timedelta(minutes=60))  # fmt: skip
+    assert await store.update_environment(warm, expect_state="provisioning")
+    assert await take(context="pr-2") is None  # another key
+    assert await take(provider_app_name="shop-other") is None  # the declaration changed
+    assert await take(provider="static") is None
+    clock.advance(30)
+    taken = await take()
+    assert taken is not None
+    assert taken.id == env.id
+    assert (taken.state, taken.users, dict(taken.routing)) == ("running", 1, routing)
+    assert taken.last_used_at == clock.now()
+    assert taken.expires_at == clock.now() + timedelta(minutes=60)
+    assert (taken.owner, taken.lock_until) == (None, None)
+    assert await store.get_environment(env.id) == taken
+    clock.advance(7200)  # a running record is shared whatever its TTL
+    again = await take()
+    assert again is not None and again.users == 2
+
+    assert await store.lock_environment(env.id, "other", clock.now(), 60)  # a live lease
+    assert await take() is None
+    clock.advance(61)
+    assert (await take()).users == 3  # type: ignore[union-attr]
+
+    # Idle again: within its TTL it is taken, at exactly last_used_at + TTL it is not.
+    idle = replace(await store.get_environment(env.id), state="warm", users=0,  # type: ignore[arg-type]
+                   last_used_at=clock.now())  # fmt: skip
+    assert await store.update_environment(idle)
+    clock.advance(3599)
+    assert (await take()).users == 1  # type: ignore[union-attr]
+    cooling = replace(idle, state="cooling", last_used_at=clock.now() - timedelta(minutes=60))
+    assert await store.update_environment(cooling)
+    assert await take() is None  # expired: the caller provisions it again
+    assert await store.update_environment(replace(cooling, last_used_at=clock.now()))
+    assert (await take()).users == 1  # type: ignore[union-attr]
+
+    for blocked in (replace(cooling, error="provisioning failed: boom"),
+                    replace(cooling, teardown_requested=True),
+                    replace(cooling, state="destroyed")):  # fmt: skip
+        assert await store.update_environment(replace(blocked, last_used_at=clock.now()))
+        before = await store.get_environment(env.id)
+        assert await take() is None
+        assert await store.get_environment(env.id) == before  # nothing written
+
+    static = make_env(clock, context="pr-9", provider="static", provider_app_name=None,
+                      state="warm", last_used_at=clock.now())  # fmt: skip
+    assert await store.insert_environment(static)
+    found = await take(context="pr-9", provider="static", provider_app_name=None)
+    assert found is not None and found.id == static.id
+
+
+async def test_environments_for_key(store: Store, clock: FakeClock) -> None:
+    assert await store.environments_for_key("default", "review", "pr-1") == []
+    gone = make_env(clock, state="destroyed")
+    assert await store.insert_environment(gone)
+    clock.advance(1)
+    tearing = make_env(clock, state="warm", teardown_requested=True)
+    assert await store.insert_environment(tearing)
+    clock.advance(1)
+    live = make_env(clock)
+    assert await store.insert_environment(live)
+    assert await store.insert_environment(make_env(clock, context="pr-2"))
+    found = await store.environments_for_key("default", "review", "pr-1")
+    assert [e.id for e in found] == [live.id, tearing.id]  # not destroyed, newest first
+    assert found == [live, tearing]
+    assert await store.environments_for_key("other", "review", "pr-1") == []
+
+
 async def test_replicas(store: Store, clock: FakeClock) -> None:
     await store.heartbeat_replica("a", "rev1", clock.now())
     clock.advance(60)
