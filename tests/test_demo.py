@@ -14,7 +14,7 @@ def test_demo_once_passes() -> None:
     assert done.returncode == 0, out + done.stderr
     assert "Demo passed" in out
     for step in ("1. Config repo", "2. Daemon started", "3. Argo CD notification",
-                 "4. Gitea push", "5. Commit statuses"):
+                 "4. Gitea push", "5. Commit statuses", "-> commit status pending posted"):
         assert step in out
     assert out.count(": success ") == 2 and out.count(": pending ") == 2
     assert "/suite-runs/" in out

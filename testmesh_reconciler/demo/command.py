@@ -33,7 +33,7 @@ import httpx
 from aiohttp import web
 
 from testmesh_reconciler.demo.shop import Shop
-from testmesh_reconciler.demo.standin import GiteaStandIn
+from testmesh_reconciler.demo.standin import GiteaStandIn, ReceivedStatus
 
 #: The example config is package data in a wheel, ``examples/`` in a checkout.
 _EXAMPLE_CANDIDATES = ("_examples/config-repo", "../examples/config-repo")
@@ -125,7 +125,11 @@ class Demo:
         self.out = out
         self.secrets = Secrets.fresh()
         self.shop = Shop()
-        self.standin = GiteaStandIn(self.secrets.gitea_token)
+        self.standin = GiteaStandIn(self.secrets.gitea_token, on_status=self._status_arrived)
+
+    def _status_arrived(self, status: ReceivedStatus) -> None:
+        self.say(f"   -> commit status {status.state} posted to the Gitea stand-in for "
+                 f"{status.repo}@{status.sha[:7]} ({status.context}): {status.description}")
 
     def say(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -304,7 +308,7 @@ class Demo:
             self.standin.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.standin.changed.wait(), 1.0)
-        self.say("\n5. Commit statuses received by the Gitea stand-in:")
+        self.say("\n5. Commit statuses the Gitea stand-in holds now:")
         for s in self.standin.statuses:
             self.say(f"   {s.repo}@{s.sha[:7]} {s.context}: {s.state:8s} {s.description}")
             self.say(f"      target_url {s.target_url}")

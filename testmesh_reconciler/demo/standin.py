@@ -7,6 +7,7 @@ the token, and keeps the statuses in memory so the demo can print them.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,10 +28,12 @@ class ReceivedStatus:
 class GiteaStandIn:
     """Commit statuses in memory, behind Gitea's URL layout and token check."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, *,
+                 on_status: Callable[[ReceivedStatus], None] | None = None) -> None:
         self._token = token
         self.statuses: list[ReceivedStatus] = []
         self.changed = asyncio.Event()
+        self._on_status = on_status
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -63,6 +66,8 @@ class GiteaStandIn:
                                 str(body.get("target_url", "")))
         self.statuses.append(status)
         self.changed.set()
+        if self._on_status is not None:
+            self._on_status(status)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return web.json_response({
             "id": len(self.statuses), "status": status.state, "context": status.context,
