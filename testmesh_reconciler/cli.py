@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from testmesh_reconciler import __version__
-from testmesh_reconciler.errors import ConfigError, UsageError
+from testmesh_reconciler.config.problems import ConfigError, render_text
+from testmesh_reconciler.errors import UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,8 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"testmesh-reconciler: error: {exc}\n")
         return 2
     except ConfigError as exc:
-        from testmesh_reconciler.config.problems import render_text
-
         sys.stderr.write(render_text(exc.problems))
         return 2
     except KeyboardInterrupt:

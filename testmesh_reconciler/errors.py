@@ -1,16 +1,11 @@
 """The package's exceptions: one root, few branches.
 
-Validation problems are data (``config.problems.Problem``); an exception carries them
-only across a boundary. One place per surface (CLI, HTTP) maps these to answers.
+Validation problems are data (``config.problems.Problem``); ``config.problems.ConfigError``
+carries them across a boundary (it lives there: this module sits below ``config``).
+One place per surface (CLI, HTTP) maps these to answers.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from testmesh_reconciler.config.problems import Problem
 
 
 class TestmeshError(Exception):
@@ -21,16 +16,6 @@ class TestmeshError(Exception):
 
 class UsageError(TestmeshError):
     """The user asked for something that cannot be done as asked (CLI exit 2)."""
-
-
-class ConfigError(TestmeshError):
-    """A set of declarations did not validate; ``problems`` holds all of them."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = tuple(problems)
-        first = self.problems[0].render() if self.problems else "no problems"
-        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-        super().__init__(first + more)
 
 
 class ProviderError(TestmeshError):

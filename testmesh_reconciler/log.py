@@ -17,6 +17,8 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from testmesh_reconciler.secretvalue import SecretValue
+
 REDACTED = "***"
 _SENSITIVE_KEY = re.compile(
     r"token|secret|password|passwd|authorization|private_key|credential|api_key|cookie", re.I)
@@ -29,8 +31,8 @@ def redact_url(text: str) -> str:
 
 
 def _is_secret_value(value: object) -> bool:
-    """``config.model.SecretValue`` (matched by name: logging sits below ``config``)."""
-    return type(value).__name__ == "SecretValue" and callable(getattr(value, "reveal", None))
+    """``SecretValue`` (``secretvalue`` sits at the bottom layer, beside logging)."""
+    return isinstance(value, SecretValue)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from testmesh_reconciler.config.loader import FileRef, Loader, LoadResult, SecretOpener
+from testmesh_reconciler.loading import make_loader
 from testmesh_reconciler.log import get_logger
 from testmesh_reconciler.metrics import Metrics
 from testmesh_reconciler.state import ReloadRecord, StateHolder
@@ -42,9 +43,7 @@ class ConfigSource(Protocol):
 
 
 def build_loader() -> Loader:
-    """The loader the daemon uses: ``validate.make_loader`` (same checks as ``validate``)."""
-    from testmesh_reconciler.validate import make_loader
-
+    """The loader the daemon uses: ``loading.make_loader`` (same checks as ``validate``)."""
     return make_loader()
 
 

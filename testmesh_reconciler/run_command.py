@@ -19,8 +19,8 @@ from typing import Any, TextIO
 import httpx
 
 from testmesh_reconciler.config.model import FlowDefinition, Snapshot, Suite
-from testmesh_reconciler.config.problems import render_text
-from testmesh_reconciler.errors import ConfigError, UsageError
+from testmesh_reconciler.config.problems import ConfigError, render_text
+from testmesh_reconciler.errors import UsageError
 from testmesh_reconciler.runner.flows import NullObserver, RunObserver
 from testmesh_reconciler.runner.results import FlowResult, StepResult, SuiteRunResult
 from testmesh_reconciler.runner.suites import render_routing, run_suite

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testmesh_reconciler.config.model import SecretValue
 from testmesh_reconciler.errors import UsageError
+from testmesh_reconciler.secretvalue import SecretValue
 
 DEFAULT_PORT = 5016
 

@@ -19,25 +19,8 @@ from testmesh_reconciler.config.loader import FileRef, Loader, LoadResult, Secre
 from testmesh_reconciler.config.plan import Plan, diff
 from testmesh_reconciler.config.problems import render_text
 from testmesh_reconciler.errors import UsageError
+from testmesh_reconciler.loading import make_loader as make_loader
 from testmesh_reconciler.sources.local import read_public_keys, read_tree
-
-
-def expression_checker() -> object:
-    """The runner's expression grammar, used at load time to reject bad assertions."""
-    from testmesh_reconciler.runner.expressions import ExpressionError, parse
-
-    def check(text: str) -> str | None:
-        try:
-            parse(text)
-        except ExpressionError as exc:
-            return f"invalid expression {text!r}: {exc}"
-        return None
-
-    return check
-
-
-def make_loader() -> Loader:
-    return Loader(check_expression=expression_checker())  # type: ignore[arg-type]
 
 
 def validation_opener(root: Path, private_key_files: Sequence[str]) -> SecretOpener:

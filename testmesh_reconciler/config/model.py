@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from testmesh_reconciler.config.frozen import EMPTY, FrozenDict
+from testmesh_reconciler.secretvalue import SecretValue as SecretValue
 
 API_GROUP = "testmesh.io/"
 API_VERSIONS = ("testmesh.io/v1alpha1",)
@@ -62,36 +63,6 @@ class Metadata:
     name: str
     workspace: str = DEFAULT_WORKSPACE
     labels: FrozenDict[str, str] = EMPTY
-
-
-class SecretValue:
-    """A secret's plaintext, which never prints itself (repr, str, f-strings, logs)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """The plaintext, for the one call that sends it (HMAC key, auth header)."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "SecretValue('***')"
-
-    __str__ = __repr__
-
-    def __format__(self, spec: str) -> str:
-        return "***"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SecretValue) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("SecretValue", self._value))
-
-    def __reduce__(self) -> Any:
-        raise TypeError("SecretValue cannot be pickled")
 
 
 SecretSource = Literal["sealed", "env", "file"]

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from testmesh_reconciler.errors import TestmeshError
+
 Severity = Literal["error", "warning"]
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -43,6 +45,19 @@ class Problem:
         if self.severity != "error":
             out["severity"] = self.severity
         return out
+
+
+class ConfigError(TestmeshError):
+    """A set of declarations did not validate; ``problems`` holds all of them.
+
+    Here, not in ``errors``: ``errors`` sits below ``config`` and must not know ``Problem``.
+    """
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        first = self.problems[0].render() if self.problems else "no problems"
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        super().__init__(first + more)
 
 
 def json_path(parts: Iterable[str | int]) -> str:
