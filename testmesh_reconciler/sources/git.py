@@ -12,10 +12,15 @@ import base64
 import binascii
 import os
 import shlex
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+# GitPython refuses to import when no git executable exists; a daemon on a plain
+# directory (the demo on a machine without git) must still start, so defer that check
+# to the first Git command, which then fails with a clear SourceError.
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 import git
 
 from testmesh_reconciler.config.loader import FileRef, is_yaml_path
@@ -158,6 +163,9 @@ class GitSource:
     # -- the one operation -----------------------------------------------------------------
     def fetch(self) -> tuple[str, dict[str, FileRef]]:
         """Fetch the branch (force: history rewrites are followed), reset, list the files."""
+        if shutil.which(git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git") is None:
+            raise SourceError("git is not installed: install it (e.g. apt-get install git), "
+                              "or point --config-repo at a plain directory")
         self._ensure_remote()
         tracking = f"refs/remotes/origin/{self._branch}"
         self._git("fetch", "--force", "--prune", "--no-tags", "--quiet", "origin",
