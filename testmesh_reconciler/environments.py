@@ -261,6 +261,9 @@ PROVISION_POLL: Final = 1.0
 ACQUIRE_ATTEMPTS: Final = 5
 #: Prefix of the ``error`` a failed delete leaves on a record (cleared once it succeeds).
 TEARDOWN_FAILED: Final = "teardown failed"
+#: Renderings a manager keeps (declaration x trigger variables), oldest dropped first: the
+#: runs of one trigger share their variables, so a burst renders each context once.
+RENDER_CACHE_SIZE: Final = 1024
 
 _log = get_logger("testmesh.environments")
 
@@ -305,6 +308,17 @@ class _Target:
     @property
     def key(self) -> EnvKey:
         return (self.declared.workspace, self.declared.name, self.context)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A declaration rendered for one set of trigger variables, with its Argo CD client;
+    valid while the snapshot still holds this very ``declared`` and ``integration``."""
+
+    declared: TestEnvironment
+    integration: Integration | None
+    rendered: Rendered
+    client: ArgoCDClient | None
 
 
 class _KeyedLocks:
@@ -373,6 +387,7 @@ class EnvironmentManager:
         self._flight: SingleFlight[EnvKey, EnvironmentInstance] = SingleFlight()
         self._locks = _KeyedLocks()
         self._integrations: dict[tuple[str, str], Integration] = {}
+        self._prepared: dict[tuple[str, str, frozenset[tuple[str, str]]], _Prepared] = {}
         self._background: set[asyncio.Task[None]] = set()
         #: Provisionings started by this manager (Argo CD or static), for tests and metrics.
         self.provisionings = 0
@@ -429,14 +444,37 @@ class EnvironmentManager:
                 f"no TestEnvironment {name!r} in workspace {workspace!r} at revision "
                 f"{snapshot.revision or '(unknown)'}; declare it or fix the `environment` "
                 f"that names it")
+        integration = snapshot.integrations.get(
+            (declared.workspace, declared.integration or "")) \
+            if declared.provider == "argocd" else None
+        key = (workspace, name, frozenset(variables.items()))
+        prepared = self._prepared.get(key)
+        if prepared is None or prepared.declared is not declared \
+                or prepared.integration is not integration:
+            prepared = self._prepare(snapshot, declared, variables)
+            self._prepared.pop(key, None)
+            if len(self._prepared) >= RENDER_CACHE_SIZE:
+                del self._prepared[next(iter(self._prepared))]
+            self._prepared[key] = prepared
+        elif integration is not None:
+            self._integrations[(declared.workspace, declared.name)] = integration
+        rendered = prepared.rendered
+        context = rendered.context if rendered.context is not None \
+            else f"{RUN_CONTEXT_PREFIX}{run_id}"
+        return _Target(declared, rendered, context, prepared.client)
+
+    def _prepare(self, snapshot: Snapshot, declared: TestEnvironment,
+                 variables: Mapping[str, str]) -> _Prepared:
+        """Render ``declared`` and build its provider client (what ``_target`` caches)."""
+        name = declared.name
         rendered = render_environment(declared, variables)
         if isinstance(rendered, RenderError):
             raise EnvironmentUnavailable(rendered.message)
-        context = rendered.context if rendered.context is not None \
-            else f"{RUN_CONTEXT_PREFIX}{run_id}"
         client: ArgoCDClient | None = None
+        integration: Integration | None = None
         if declared.provider == "argocd":
-            client = self._client_for(self._integration(snapshot, declared))
+            integration = self._integration(snapshot, declared)
+            client = self._client_for(integration)
             if not rendered.provider_app_name:
                 raise EnvironmentUnavailable(
                     f"TestEnvironment {name!r} uses provider argocd but declares no "
@@ -445,7 +483,7 @@ class EnvironmentManager:
             raise EnvironmentUnavailable(
                 f"TestEnvironment {name!r}: provider {declared.provider!r} is not supported "
                 f"(use argocd or static)")
-        return _Target(declared, rendered, context, client)
+        return _Prepared(declared, integration, rendered, client)
 
     def _integration(self, snapshot: Snapshot, declared: TestEnvironment) -> Integration:
         integration: Integration | None = snapshot.integrations.get(

@@ -165,6 +165,22 @@ async def test_render_and_declaration_errors(manager: EnvironmentManager,
     assert await manager.store.list_environments() == []
 
 
+async def test_renderings_follow_a_changed_declaration(
+        manager: EnvironmentManager, snapshot: Snapshot, argocd: FakeArgoCD) -> None:
+    """Renderings are kept per declaration: a reloaded snapshot whose declaration changed
+    is rendered afresh for the same trigger variables."""
+    first = await acquire(manager, snapshot)
+    await manager.release(first, failed=False)
+    declared = snapshot.environments[("default", "review")]
+    changed = replace(declared, routing_policy={"user-service": "http://new-${pr_number}"})
+    reloaded = replace(snapshot, environments={**snapshot.environments,
+                                               ("default", "review"): changed})
+    second = await acquire(manager, reloaded, run_id="run-2")
+    assert second.instance_id == first.instance_id
+    assert second.routing == {"user-service": "http://new-7"}
+    await manager.release(second, failed=False)
+
+
 async def test_without_context_each_run_gets_its_own(
         manager: EnvironmentManager, snapshot: Snapshot, argocd: FakeArgoCD,
         clock: FakeClock) -> None:
