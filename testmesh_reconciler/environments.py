@@ -240,9 +240,10 @@ class SingleFlight(Generic[K, V]):
 # ``run:<run id>``. ``static`` environments are recorded too (no Argo CD calls), so every
 # environment a run used shows in ``GET /api/v1/test-environments`` and the dashboard.
 #
-# Concurrency: acquisitions for one key share one call (``SingleFlight``) in a process; across
-# replicas the store's unique live key lets one insert win, and the others wait for its
-# ``provisioning`` record. Every write of a record happens under a per-id ``asyncio.Lock``
+# Concurrency: acquisitions for one key share one call (``SingleFlight``) in a process, and
+# the provisioning's final write counts the runs waiting for it (``_Waiter``) as its users;
+# across replicas the store's unique live key lets one insert win, and the others wait for
+# its ``provisioning`` record. Every write of a record happens under a per-id ``asyncio.Lock``
 # and the store lease (``lock_environment``) with an owner token unique to the operation;
 # provisioning holds that lease for ``provision_timeout`` + a margin, so a replica that died
 # mid-provisioning is detected (lease expired) and another one takes over.
@@ -321,6 +322,18 @@ class _Prepared:
     client: ArgoCDClient | None
 
 
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    """One acquisition waiting for the provisioning of its key. The provisioning's final
+    write counts the waiters present at that moment as users and hands each the record
+    (``taken``); one that left meanwhile (``gone``: cancelled) is released again."""
+
+    target: _Target
+    run_id: str
+    taken: EnvironmentInstance | None = None
+    gone: bool = False
+
+
 class _KeyedLocks:
     """One ``asyncio.Lock`` per record id, dropped when nobody holds or waits for it."""
 
@@ -386,6 +399,7 @@ class EnvironmentManager:
         self._snapshot = snapshot
         self._flight: SingleFlight[EnvKey, EnvironmentInstance] = SingleFlight()
         self._locks = _KeyedLocks()
+        self._waiting: dict[EnvKey, list[_Waiter]] = {}
         self._integrations: dict[tuple[str, str], Integration] = {}
         self._prepared: dict[tuple[str, str, frozenset[tuple[str, str]]], _Prepared] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -411,25 +425,68 @@ class EnvironmentManager:
         Raises ``EnvironmentUnavailable`` with a message saying what to fix.
         """
         target = self._target(snapshot, workspace, name, variables, run_id)
+        known: list[EnvironmentInstance] | None = None
         if target.key not in self._flight:  # else join the call in flight for this key
-            # The common case in one store call: a live record usable as it is.
-            taken = await self.store.take_reusable(
+            # The common case in one store call: a live record usable as it is; on a miss
+            # the same call reads the key's records, which the provisioning starts from.
+            taken, known = await self.store.take_or_list(
                 workspace, name, target.context, target.rendered.routing, self._clock.now(),
                 provider=target.declared.provider,
                 provider_app_name=target.rendered.provider_app_name)
             if taken is not None:
                 return self._acquired(target, taken, run_id)
         for _ in range(ACQUIRE_ATTEMPTS):
+            records, known = known, None  # only the first attempt: a retry reads afresh
+            waiter = _Waiter(target, run_id)
             try:
-                ready = await self._flight.run(target.key, lambda: self._obtain(target))
+                ready = await self._wait_for(waiter, records)
             except _Retry:
                 continue
+            if waiter.taken is not None:  # counted by the provisioning's own write
+                return self._acquired(target, waiter.taken, run_id)
             taken = await self._take(ready.id, target.rendered.routing)
             if taken is not None:
                 return self._acquired(target, taken, run_id)
         raise EnvironmentUnavailable(
             f"TestEnvironment {name!r} (context {target.context!r}) kept changing while it was "
             f"acquired (torn down or claimed elsewhere {ACQUIRE_ATTEMPTS} times); run again")
+
+    async def _wait_for(self, waiter: _Waiter,
+                        records: list[EnvironmentInstance] | None) -> EnvironmentInstance:
+        """Join (or start) the call in flight for the waiter's key, registered as waiting
+        so that a provisioning can count it in its final write."""
+        key = waiter.target.key
+        waiting = self._waiting.setdefault(key, [])
+        waiting.append(waiter)
+        try:
+            return await self._flight.run(key, lambda: self._obtain(waiter.target, records))
+        except BaseException:
+            waiter.gone = True
+            if waiter.taken is not None:  # counted, then cancelled before it could resume
+                self._release_later(waiter, waiter.taken)
+            raise
+        finally:
+            waiting.remove(waiter)
+            if not waiting and self._waiting.get(key) is waiting:
+                del self._waiting[key]
+
+    def _release_later(self, waiter: _Waiter, taken: EnvironmentInstance) -> None:
+        """Give back the user a provisioning counted for a waiter that has gone."""
+        _log.info("environment_waiter_gone", instance=taken.id, run_id=waiter.run_id)
+        acquired = Acquired(taken.id, dict(taken.routing), taken.name,
+                            waiter.target.rendered.context)
+        task = asyncio.get_running_loop().create_task(
+            self._release_quietly(acquired), name=f"environment-release:{taken.id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _release_quietly(self, acquired: Acquired) -> None:
+        try:
+            await self.release(acquired, failed=False)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _log.exception("environment_release_crashed", instance=acquired.instance_id)
 
     def _acquired(self, target: _Target, taken: EnvironmentInstance, run_id: str) -> Acquired:
         _log.info("environment_acquired", environment=taken.name, workspace=taken.workspace,
@@ -496,14 +553,19 @@ class EnvironmentManager:
         self._integrations[(declared.workspace, declared.name)] = integration
         return integration
 
-    async def _obtain(self, target: _Target) -> EnvironmentInstance:
+    async def _obtain(self, target: _Target,
+                      known: list[EnvironmentInstance] | None = None) -> EnvironmentInstance:
         """A live record for ``target.key`` that a run may take: reused, provisioned by
-        another replica, or provisioned here. Shared by concurrent callers of one key."""
+        another replica, or provisioned here. Shared by concurrent callers of one key.
+        ``known``: the key's records as just read (``take_or_list``), saving the first read.
+        """
         ws, name, context = target.key
         for _ in range(ACQUIRE_ATTEMPTS):
             try:
                 # One read: the live record (if any) and the predecessors still to tear down.
-                records = await self.store.environments_for_key(ws, name, context)
+                records = known if known is not None \
+                    else await self.store.environments_for_key(ws, name, context)
+                known = None
                 found = next((r for r in records if not r.teardown_requested
                               and r.state in REUSABLE_ENV_STATES), None)
                 if found is not None:
@@ -596,6 +658,11 @@ class EnvironmentManager:
                        expires_at=expires_at(now, instance.ttl_minutes), owner=None,
                        lock_until=None, state="cooling" if error else "warm",
                        error=f"provisioning failed: {error}" if error else None)
+        # The runs waiting now take it in this same write (each one a user), not one by one.
+        waiters = [] if error else [w for w in self._waiting.get(target.key, ()) if not w.gone]
+        if waiters:
+            done = replace(done, state="running", users=len(waiters),
+                           routing=dict(waiters[-1].target.rendered.routing))
         stored = await self.store.update_environment(done, expect_state="provisioning")
         if error is not None:
             log.warning("environment_provision_failed", error=error)
@@ -604,7 +671,12 @@ class EnvironmentManager:
                 f"be provisioned: {error}")
         if not stored:
             raise _Retry
-        log.info("environment_provisioned")
+        log.info("environment_provisioned", users=len(waiters))
+        for waiter in waiters:
+            if waiter.gone:  # cancelled while the write was under way: not a user after all
+                self._release_later(waiter, done)
+            else:
+                waiter.taken = replace(done, routing=dict(waiter.target.rendered.routing))
         return done
 
     async def _await_provisioning(self, found: EnvironmentInstance,

@@ -205,6 +205,21 @@ class Store(Protocol):
         ``take_environment``. ``None`` (nothing written) sends the caller to the slow path.
         """
 
+    async def take_or_list(
+        self,
+        workspace: str,
+        name: str,
+        context: str,
+        routing: Mapping[str, str],
+        now: datetime,
+        *,
+        provider: str,
+        provider_app_name: str | None,
+    ) -> tuple[EnvironmentInstance | None, list[EnvironmentInstance]]:
+        """``take_reusable`` and, when it takes nothing, ``environments_for_key`` in the
+        same transaction: ``(taken, [])`` or ``(None, records of the key)``, so a miss
+        costs one call instead of two."""
+
     async def environments_for_key(
         self, workspace: str, name: str, context: str
     ) -> list[EnvironmentInstance]:

@@ -310,6 +310,44 @@ ORDER BY r.queued_at, r.id
 LIMIT 1
 FOR UPDATE OF r SKIP LOCKED
 """
+
+# The live record of a key, taken when a run may use it as it is (take_reusable): one
+# conditional UPDATE (at most one row: the unique index) whose row lock orders it against
+# racing replicas, which re-check the conditions.
+_TAKE_REUSABLE_SQL = (
+    "UPDATE environments SET state = 'running', users = users + 1, last_used_at = %s, "
+    "expires_at = %s + make_interval(secs => ttl_minutes * 60), routing = %s, "
+    "owner = NULL, lock_until = NULL WHERE workspace = %s AND name = %s "
+    "AND context = %s AND state NOT IN ('cold', 'destroyed') "
+    "AND NOT teardown_requested AND error IS NULL AND provider = %s "
+    "AND provider_app_name IS NOT DISTINCT FROM %s "
+    "AND (owner IS NULL OR lock_until IS NULL OR lock_until < %s) "
+    "AND (state = 'running' OR (state IN ('warm', 'cooling') AND "
+    "COALESCE(last_used_at, created_at) + make_interval(secs => ttl_minutes * 60) > %s)) "
+    f"RETURNING {ENVIRONMENTS.select}"
+)
+
+# Every record of a key that is not destroyed, newest first (environments_for_key).
+_FOR_KEY_SQL = (
+    f"SELECT {ENVIRONMENTS.select} FROM environments WHERE workspace = %s AND name = %s "
+    "AND context = %s AND state <> 'destroyed' ORDER BY created_at DESC, id DESC"
+)
+
+
+def _take_reusable_params(
+    workspace: str,
+    name: str,
+    context: str,
+    routing: Mapping[str, str],
+    now: datetime,
+    provider: str,
+    provider_app_name: str | None,
+) -> tuple[Any, ...]:
+    now = _now(now)
+    return (now, now, _json(dict(routing)), workspace, name, context, provider,
+            provider_app_name, now, now)  # fmt: skip
+
+
 # The oldest queued entry of each (repo, sha, context) group, once it is due and nobody holds
 # it: a final state never overtakes the pending one of the same commit and context. Claiming
 # it (``claimed_until``) keeps another replica from posting the same entry meanwhile.
@@ -847,32 +885,38 @@ class PostgresStore:
     ) -> EnvironmentInstance | None:
         """One conditional UPDATE on the live key (at most one row: the unique index); its
         row lock orders it against racing replicas, which re-check the conditions."""
-        now = _now(now)
-        sql = (
-            "UPDATE environments SET state = 'running', users = users + 1, last_used_at = %s, "
-            "expires_at = %s + make_interval(secs => ttl_minutes * 60), routing = %s, "
-            "owner = NULL, lock_until = NULL WHERE workspace = %s AND name = %s "
-            "AND context = %s AND state NOT IN ('cold', 'destroyed') "
-            "AND NOT teardown_requested AND error IS NULL AND provider = %s "
-            "AND provider_app_name IS NOT DISTINCT FROM %s "
-            "AND (owner IS NULL OR lock_until IS NULL OR lock_until < %s) "
-            "AND (state = 'running' OR (state IN ('warm', 'cooling') AND "
-            "COALESCE(last_used_at, created_at) + make_interval(secs => ttl_minutes * 60) > %s)) "
-            f"RETURNING {ENVIRONMENTS.select}"
-        )
-        params = (now, now, _json(dict(routing)), workspace, name, context, provider,
-                  provider_app_name, now, now)  # fmt: skip
-        found = await self._select(ENVIRONMENTS, sql, params)
+        params = _take_reusable_params(workspace, name, context, routing, now, provider,
+                                       provider_app_name)  # fmt: skip
+        found = await self._select(ENVIRONMENTS, _TAKE_REUSABLE_SQL, params)
         return found[0] if found else None
+
+    async def take_or_list(
+        self,
+        workspace: str,
+        name: str,
+        context: str,
+        routing: Mapping[str, str],
+        now: datetime,
+        *,
+        provider: str,
+        provider_app_name: str | None,
+    ) -> tuple[EnvironmentInstance | None, list[EnvironmentInstance]]:
+        """``take_reusable``'s UPDATE and the key's read, pipelined in one transaction (one
+        exchange with the server); the read is answered only when the UPDATE took nothing."""
+        params = _take_reusable_params(workspace, name, context, routing, now, provider,
+                                       provider_app_name)  # fmt: skip
+        async with self._tx(pipeline=True) as conn:
+            taken = await conn.execute(_TAKE_REUSABLE_SQL, params)
+            listed = await conn.execute(_FOR_KEY_SQL, (workspace, name, context))
+            row = await taken.fetchone()
+            if row is not None:
+                return ENVIRONMENTS.load(row), []
+            return None, [ENVIRONMENTS.load(r) for r in await listed.fetchall()]
 
     async def environments_for_key(
         self, workspace: str, name: str, context: str
     ) -> list[EnvironmentInstance]:
-        sql = (
-            f"SELECT {ENVIRONMENTS.select} FROM environments WHERE workspace = %s AND name = %s "
-            "AND context = %s AND state <> 'destroyed' ORDER BY created_at DESC, id DESC"
-        )
-        return await self._select(ENVIRONMENTS, sql, (workspace, name, context))
+        return await self._select(ENVIRONMENTS, _FOR_KEY_SQL, (workspace, name, context))
 
     async def expired_environments(self, now: datetime) -> list[EnvironmentInstance]:
         sql = (

@@ -737,15 +737,28 @@ class SqliteStore:
         )
         return found[0] if found else None
 
+    async def take_or_list(
+        self,
+        workspace: str,
+        name: str,
+        context: str,
+        routing: Mapping[str, str],
+        now: datetime,
+        *,
+        provider: str,
+        provider_app_name: str | None,
+    ) -> tuple[EnvironmentInstance | None, list[EnvironmentInstance]]:
+        now_us = to_us(now)
+        take = [now_us, now_us, _dumps(dict(routing)), workspace, name, context, provider,
+                provider_app_name, now_us, now_us]  # fmt: skip
+        work = partial(_take_or_list, take, [workspace, name, context])
+        return await self._call(work, "write")
+
     async def environments_for_key(
         self, workspace: str, name: str, context: str
     ) -> list[EnvironmentInstance]:
-        sql = (
-            f"SELECT {ENVIRONMENTS.select} FROM environments WHERE workspace = ? AND name = ? "
-            "AND context = ? AND state <> 'destroyed' ORDER BY created_at DESC, id DESC"
-        )
         params = [workspace, name, context]
-        return await self._call(partial(_select, ENVIRONMENTS, sql, params), "read")
+        return await self._call(partial(_select, ENVIRONMENTS, _FOR_KEY_SQL, params), "read")
 
     async def expired_environments(self, now: datetime) -> list[EnvironmentInstance]:
         sql = (
@@ -1218,6 +1231,23 @@ _TAKE_REUSABLE_SQL = (
     "created_at) + CAST(ROUND(ttl_minutes * 60000000) AS INTEGER) > ?)) "
     f"RETURNING {ENVIRONMENTS.select}"
 )
+
+# Every record of a key that is not destroyed, newest first (environments_for_key).
+_FOR_KEY_SQL = (
+    f"SELECT {ENVIRONMENTS.select} FROM environments WHERE workspace = ? AND name = ? "
+    "AND context = ? AND state <> 'destroyed' ORDER BY created_at DESC, id DESC"
+)
+
+
+def _take_or_list(
+    take: Sequence[Any], key: Sequence[Any], conn: sqlite3.Connection, tx: _Tx
+) -> tuple[EnvironmentInstance | None, list[EnvironmentInstance]]:
+    """take_reusable, else the key's records, in the caller's transaction."""
+    taken = _select(ENVIRONMENTS, _TAKE_REUSABLE_SQL, take, conn, tx)
+    if taken:
+        return taken[0], []
+    return None, _select(ENVIRONMENTS, _FOR_KEY_SQL, key, conn, tx)
+
 
 # The oldest queued entry of each (repo, sha, context) group, and only once it is due: a
 # final state never overtakes the pending one of the same commit and context.

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from testmesh_reconciler.config.model import Snapshot
 from testmesh_reconciler.environments import Acquired, EnvironmentManager, EnvironmentUnavailable
-from testmesh_reconciler.store import FakeClock
+from testmesh_reconciler.store import EnvironmentInstance, FakeClock
 
 from ..testing.fake_argocd import FakeArgoCD
 from .conftest import PR_VARS, MakeManager, Sleeper
@@ -102,6 +103,45 @@ async def test_concurrent_acquisitions_provision_once(
     await manager.release(results[-1], failed=False)
     record = await manager.store.get_environment(results[0].instance_id or "")
     assert record is not None and (record.state, record.users) == ("warm", 0)
+
+
+@pytest.mark.parametrize("when", ["before", "during", "after"])
+async def test_a_cancelled_waiter_keeps_no_user(
+        manager: EnvironmentManager, snapshot: Snapshot, argocd: FakeArgoCD,
+        monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """The provisioning's final write counts the runs waiting for it; one cancelled before,
+    during or just after that write leaves no user behind."""
+    tasks = [asyncio.create_task(acquire(manager, snapshot, run_id=f"run-{i}"))
+             for i in range(3)]
+    insert, update = manager.store.insert_environment, manager.store.update_environment
+
+    async def insert_and_cancel(env: EnvironmentInstance) -> bool:
+        stored = await insert(env)
+        if when == "before":  # the provisioning starts now
+            tasks[1].cancel()
+        return stored
+
+    async def update_and_cancel(env: EnvironmentInstance, **kw: Any) -> bool:
+        if when == "during" and env.state == "running":
+            tasks[1].cancel()
+        stored = await update(env, **kw)
+        if when == "after" and env.state == "running":
+            tasks[1].cancel()
+        return stored
+
+    monkeypatch.setattr(manager.store, "insert_environment", insert_and_cancel)
+    monkeypatch.setattr(manager.store, "update_environment", update_and_cancel)
+    kept = await asyncio.gather(tasks[0], tasks[2])
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[1]
+    await manager.drain()
+    record = await manager.store.get_environment(kept[0].instance_id or "")
+    assert record is not None and (record.state, record.users) == ("running", 2)
+    for acquired in kept:
+        await manager.release(acquired, failed=False)
+    record = await manager.store.get_environment(kept[0].instance_id or "")
+    assert record is not None and (record.state, record.users) == ("warm", 0)
+    assert argocd.creates[APP] == 1
 
 
 async def test_two_replicas_provision_once(make_manager: MakeManager, snapshot: Snapshot,

@@ -718,6 +718,41 @@ async def test_take_reusable_finds_and_takes_in_one_update(store: Store, clock: 
     assert found is not None and found.id == static.id
 
 
+async def test_take_or_list_takes_or_returns_the_key(store: Store, clock: FakeClock) -> None:
+    routing = {"user-service": "http://users.pr-1:8080"}
+
+    async def take_or_list(**kw: Any) -> tuple[EnvironmentInstance | None,
+                                               list[EnvironmentInstance]]:
+        args = {"context": "pr-1", "provider": "argocd", "provider_app_name": "shop-pr-1",
+                **kw}
+        return await store.take_or_list("default", "review", args.pop("context"), routing,
+                                        clock.now(), **args)
+
+    assert await take_or_list() == (None, [])  # no record at all
+    gone = make_env(clock, state="destroyed")
+    assert await store.insert_environment(gone)
+    clock.advance(1)
+    env = make_env(clock)
+    assert await store.insert_environment(env)
+    assert await take_or_list() == (None, [env])  # provisioning: listed, nothing written
+    warm = replace(env, state="warm", last_used_at=clock.now(),
+                   expires_at=clock.now() + timedelta(minutes=60))  # fmt: skip
+    assert await store.update_environment(warm, expect_state="provisioning")
+    assert await take_or_list(provider_app_name="shop-other") == (None, [warm])
+    assert await take_or_list(context="pr-2") == (None, [])
+    clock.advance(30)
+    taken, records = await take_or_list()
+    assert records == []
+    assert taken is not None and taken.id == env.id
+    assert (taken.state, taken.users, dict(taken.routing)) == ("running", 1, routing)
+    assert taken.last_used_at == clock.now()
+    assert await store.get_environment(env.id) == taken
+    cooling = replace(taken, state="cooling", users=0,
+                      last_used_at=clock.now() - timedelta(minutes=60))  # fmt: skip
+    assert await store.update_environment(cooling)
+    assert await take_or_list() == (None, [cooling])  # expired: the caller provisions it
+
+
 async def test_environments_for_key(store: Store, clock: FakeClock) -> None:
     assert await store.environments_for_key("default", "review", "pr-1") == []
     gone = make_env(clock, state="destroyed")
