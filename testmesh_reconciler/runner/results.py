@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
+
+from testmesh_reconciler.store.records import isoformat
 
 StepStatus = Literal["passed", "failed", "skipped", "error"]
 FlowStatus = Literal["passed", "failed", "skipped", "cancelled"]
@@ -19,13 +21,6 @@ Phase = Literal["setup", "steps", "teardown", "on_error"]
 
 #: Step statuses that fail a flow (unless the step says ``on_error: continue``).
 FAILING: frozenset[str] = frozenset({"failed", "error"})
-
-
-def isoformat(value: datetime | None) -> str | None:
-    """RFC 3339 UTC text with a ``Z`` suffix, as every API timestamp is rendered."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _empty() -> dict[str, Any]:
