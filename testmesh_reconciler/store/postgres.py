@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import operator
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
@@ -24,6 +22,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Json
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from testmesh_reconciler.store import tables
 from testmesh_reconciler.store.base import OutboxFor, StoreError
 from testmesh_reconciler.store.records import (
     FINAL_RUN_STATUSES,
@@ -44,9 +43,18 @@ from testmesh_reconciler.store.records import (
     ReplicaInfo,
     Run,
     RunId,
-    isoformat,
 )
 from testmesh_reconciler.store.sqlite import migrations
+from testmesh_reconciler.store.tables import (
+    JSON_ENCODER,
+    Kind,
+    Table,
+    page_sql,
+    run_values,
+    strip_report,
+    update_sql,
+    with_reports,
+)
 
 R = TypeVar("R")
 Conn = AsyncConnection[TupleRow]
@@ -57,8 +65,6 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations" / "postgres"
 MIGRATION_LOCK = 0x74657374_6D657368
 #: First half of the two-key advisory lock that serialises deliveries per serial key.
 SERIAL_KEY_LOCK_CLASS = 0x544D
-_DERIVED_REPORT_KEYS = ("statuses", "given_up")
-_MAX_PAGE = 1000
 #: ``LISTEN``/``NOTIFY`` channel of config broadcasts (a webhook received by one replica).
 CONFIG_CHANNEL = "testmesh_config"
 _ONE_MS = timedelta(milliseconds=1)
@@ -82,22 +88,8 @@ def _now(value: datetime) -> datetime:
     return checked
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Mapping):  # e.g. the config's FrozenDict
-        return dict(value)
-    if isinstance(value, set | frozenset):
-        return sorted(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default)
-
-
 def _json(value: Any) -> Json:
-    return Json(value, dumps=_ENCODER.encode)
-
-
-Kind = Literal["v", "ts", "json", "optjson", "jsontuple", "array", "bool"]
+    return Json(value, dumps=JSON_ENCODER.encode)
 
 
 def _encode(kind: Kind, value: Any) -> Any:
@@ -124,136 +116,14 @@ def _decode(kind: Kind, value: Any) -> Any:
     return value  # json and bool arrive decoded
 
 
-class _Table(Generic[R]):
-    """A record class mapped onto a table, column by column (same names as the fields)."""
-
-    __slots__ = ("_getter", "_index", "_special", "columns", "insert", "make", "name", "select")
-
-    def __init__(self, name: str, make: Callable[..., R], columns: tuple[tuple[str, Kind], ...]):
-        self.name = name
-        self.make = make
-        self.columns = columns
-        self.select = ", ".join(c for c, _ in columns)
-        marks = ", ".join("%s" for _ in columns)
-        self.insert = f"INSERT INTO {name} ({self.select}) VALUES ({marks})"
-        self._getter = operator.attrgetter(*(c for c, _ in columns))
-        self._index = {c: i for i, (c, _) in enumerate(columns)}
-        self._special = tuple((i, k) for i, (_, k) in enumerate(columns) if k != "v")
-
-    def qualified(self, alias: str) -> str:
-        return ", ".join(f"{alias}.{c}" for c, _ in self.columns)
-
-    def values(self, record: R, **overrides: Any) -> list[Any]:
-        """The row for ``record`` (field values replaced by ``overrides``), encoded."""
-        row = list(self._getter(record))
-        for column, value in overrides.items():
-            row[self._index[column]] = value
-        for i, kind in self._special:
-            row[i] = _encode(kind, row[i])
-        return row
-
-    def load(self, row: Sequence[Any]) -> R:
-        values = zip(self.columns, row[: len(self.columns)], strict=True)
-        return self.make(**{c: _decode(k, v) for (c, k), v in values})
-
-
-DELIVERIES = _Table(
-    "deliveries",
-    Delivery,
-    (
-        ("id", "v"), ("source", "v"), ("integration", "v"), ("workspace", "v"),
-        ("event", "v"), ("action", "v"), ("repo", "v"), ("branch", "v"), ("sha", "v"),
-        ("app", "v"), ("pr_number", "v"), ("dedup_key", "v"), ("payload_digest", "v"),
-        ("received_at", "ts"), ("processed_at", "ts"), ("outcome", "v"), ("reason", "v"),
-        ("matched_rules", "array"), ("runs", "array"), ("http_status", "v"),
-    ),
-)  # fmt: skip
-RUNS = _Table(
-    "runs",
-    Run,
-    (
-        ("id", "v"), ("workspace", "v"), ("suite", "v"), ("suite_id", "v"), ("rule", "v"),
-        ("delivery_id", "v"), ("trigger_type", "v"), ("trigger", "json"),
-        ("variables", "json"), ("environment", "v"), ("status", "v"), ("serial_key", "v"),
-        ("revision", "v"), ("queued_at", "ts"), ("claimed_by", "v"), ("lease_until", "ts"),
-        ("started", "bool"), ("started_at", "ts"), ("completed_at", "ts"),
-        ("duration_ms", "v"), ("total_flows", "v"), ("passed_flows", "v"),
-        ("failed_flows", "v"), ("error", "v"), ("status_report", "json"),
-        ("report_target", "optjson"), ("flows", "jsontuple"), ("environment_instance", "v"),
-        ("trigger_ref", "v"),
-    ),
-)  # fmt: skip
-OUTBOX = _Table(
-    "outbox",
-    OutboxEntry,
-    (
-        ("id", "v"), ("run_id", "v"), ("seq", "v"), ("integration_workspace", "v"),
-        ("integration", "v"), ("repo", "v"), ("sha", "v"), ("context", "v"), ("state", "v"),
-        ("description", "v"), ("target_url", "v"), ("created_at", "ts"),
-        ("next_attempt_at", "ts"), ("attempts", "v"), ("last_error", "v"), ("outcome", "v"),
-        ("finished_at", "ts"),
-    ),
-)  # fmt: skip
-ENVIRONMENTS = _Table(
-    "environments",
-    EnvironmentInstance,
-    (
-        ("id", "v"), ("workspace", "v"), ("name", "v"), ("context", "v"), ("state", "v"),
-        ("provider", "v"), ("provider_app_name", "v"), ("namespace", "v"),
-        ("routing", "json"), ("ttl_minutes", "v"), ("created_at", "ts"),
-        ("last_used_at", "ts"), ("expires_at", "ts"), ("error", "v"), ("users", "v"),
-        ("teardown_requested", "bool"), ("owner", "v"), ("lock_until", "ts"),
-    ),
-)  # fmt: skip
-
-
-def _page_sql(
-    table: _Table[Any],
-    time_col: str,
-    filters: Iterable[tuple[str, object]],
-    before: str | None,
-    limit: int,
-) -> tuple[str, list[Any]]:
-    """Newest-first keyset page: ``before`` is the id of the previous page's last row."""
-    where: list[str] = []
-    params: list[Any] = []
-    for column, value in filters:
-        if value is not None:
-            where.append(f"{column} = %s")
-            params.append(value)
-    if before is not None:
-        where.append(f"({time_col}, id) < (SELECT {time_col}, id FROM {table.name} WHERE id = %s)")
-        params.append(before)
-    clause = f"WHERE {' AND '.join(where)} " if where else ""
-    params.append(max(1, min(limit, _MAX_PAGE)))
-    sql = (
-        f"SELECT {table.select} FROM {table.name} {clause}"
-        f"ORDER BY {time_col} DESC, id DESC LIMIT %s"
-    )
-    return sql, params
-
-
-def _strip_report(report: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in report.items() if k not in _DERIVED_REPORT_KEYS}
+DELIVERIES = Table(tables.DELIVERIES, "%s", _encode, _decode)
+RUNS = Table(tables.RUNS, "%s", _encode, _decode)
+OUTBOX = Table(tables.OUTBOX, "%s", _encode, _decode)
+ENVIRONMENTS = Table(tables.ENVIRONMENTS, "%s", _encode, _decode)
 
 
 def _run_values(run: Run, **overrides: Any) -> list[Any]:
-    return RUNS.values(run, status_report=_strip_report(run.status_report), **overrides)
-
-
-def _status_summary(entry: OutboxEntry) -> dict[str, Any]:
-    return {
-        "state": entry.state,
-        "context": entry.context,
-        "repo": entry.repo,
-        "sha": entry.sha,
-        "description": entry.description,
-        "target_url": entry.target_url,
-        "outcome": entry.outcome,
-        "attempts": entry.attempts,
-        "last_error": entry.last_error,
-        "at": isoformat(entry.finished_at),
-    }
+    return run_values(RUNS, run, **overrides)
 
 
 def _redacted(conninfo: str) -> str:
@@ -497,7 +367,7 @@ class PostgresStore:
             if self._inflight == 0:
                 self._idle.set()
 
-    async def _select(self, table: _Table[R], sql: str, params: Sequence[Any] = ()) -> list[R]:
+    async def _select(self, table: Table[R], sql: str, params: Sequence[Any] = ()) -> list[R]:
         async with self._tx() as conn:
             cur = await conn.execute(sql, params)
             return [table.load(row) for row in await cur.fetchall()]
@@ -553,7 +423,7 @@ class PostgresStore:
         before: str | None = None,
     ) -> list[Delivery]:
         filters = (("source", source), ("repo", repo), ("outcome", outcome))
-        sql, params = _page_sql(DELIVERIES, "received_at", filters, before, limit)
+        sql, params = page_sql(DELIVERIES, "received_at", filters, before, limit)
         return await self._select(DELIVERIES, sql, params)
 
     # -- runs ---------------------------------------------------------------------------
@@ -600,7 +470,7 @@ class PostgresStore:
             run.failed_flows,
             run.environment,
             run.environment_instance,
-            _json(_strip_report(run.status_report)),
+            _json(strip_report(run.status_report)),
             _encode("optjson", run.report_target),
             run.id,
             run.claimed_by,
@@ -625,7 +495,7 @@ class PostgresStore:
             run.passed_flows,
             run.failed_flows,
             run.error,
-            _json(_strip_report(run.status_report)),
+            _json(strip_report(run.status_report)),
             _encode("optjson", run.report_target),
             _json(run.flows),
             run.environment,
@@ -677,7 +547,7 @@ class PostgresStore:
         before: str | None = None,
     ) -> list[Run]:
         filters = (("workspace", workspace), ("suite", suite), ("status", status))
-        sql, params = _page_sql(RUNS, "queued_at", filters, before, limit)
+        sql, params = page_sql(RUNS, "queued_at", filters, before, limit)
         async with self._tx() as conn:
             cur = await conn.execute(sql, params)
             return await _attach_reports(conn, [RUNS.load(row) for row in await cur.fetchall()])
@@ -728,7 +598,7 @@ class PostgresStore:
         async with self._tx() as conn:
             cur = await conn.execute(_DUE_SQL, params)
             rows = await cur.fetchall()
-        entries = [(OUTBOX.load(row), row[-1]) for row in rows]
+        entries = [(OUTBOX.load(row[:-1]), row[-1]) for row in rows]
         entries.sort(key=lambda e: (e[0].next_attempt_at, e[0].created_at, e[0].seq, e[1]))
         return [entry for entry, _ in entries]
 
@@ -790,7 +660,7 @@ class PostgresStore:
     async def list_environments(
         self, *, state: str | None = None, limit: int = 100, before: str | None = None
     ) -> list[EnvironmentInstance]:
-        sql, params = _page_sql(ENVIRONMENTS, "created_at", (("state", state),), before, limit)
+        sql, params = page_sql(ENVIRONMENTS, "created_at", (("state", state),), before, limit)
         return await self._select(ENVIRONMENTS, sql, params)
 
     async def find_reusable(
@@ -813,17 +683,7 @@ class PostgresStore:
     async def update_environment(
         self, env: EnvironmentInstance, *, expect_state: EnvironmentState | None = None
     ) -> bool:
-        columns = [c for c, _ in ENVIRONMENTS.columns if c != "id"]
-        values = [
-            v
-            for (c, _), v in zip(ENVIRONMENTS.columns, ENVIRONMENTS.values(env), strict=True)
-            if c != "id"
-        ]
-        sql = f"UPDATE environments SET {', '.join(f'{c} = %s' for c in columns)} WHERE id = %s"
-        values.append(env.id)
-        if expect_state is not None:
-            sql += " AND state = %s"
-            values.append(expect_state)
+        sql, values = update_sql(ENVIRONMENTS, env, expect_state)
         async with self._tx() as conn:
             try:
                 async with conn.transaction():  # a savepoint: a conflict is an answer here
@@ -1145,28 +1005,8 @@ async def _attach_reports(conn: Conn, runs: list[Run]) -> list[Run]:
         "ORDER BY created_at, seq, pos",
         ([r.id for r in runs],),
     )
-    per_run: dict[str, list[OutboxEntry]] = {}
-    for row in await cur.fetchall():
-        entry = OUTBOX.load(row)
-        per_run.setdefault(entry.run_id, []).append(entry)
-    result: list[Run] = []
-    for run in runs:
-        entries = per_run.get(run.id)
-        if not entries:
-            result.append(run)
-            continue
-        report = dict(run.status_report)
-        report["statuses"] = [_status_summary(e) for e in entries]
-        given_up = [e for e in entries if e.outcome == "given_up"]
-        if given_up:
-            last = given_up[-1]
-            report["given_up"] = {
-                "state": last.state,
-                "at": isoformat(last.finished_at),
-                "reason": last.last_error,
-            }
-        result.append(replace(run, status_report=report))
-    return result
+    entries = [OUTBOX.load(row) for row in await cur.fetchall()]
+    return with_reports(runs, entries)
 
 
 __all__ = ["CONFIG_CHANNEL", "MIGRATIONS_DIR", "PostgresStore"]

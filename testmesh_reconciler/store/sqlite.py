@@ -10,18 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import operator
 import queue
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
+from testmesh_reconciler.store import tables
 from testmesh_reconciler.store.base import OutboxFor, StoreError
 from testmesh_reconciler.store.records import (
     FINAL_RUN_STATUSES,
@@ -41,7 +41,16 @@ from testmesh_reconciler.store.records import (
     ReplicaInfo,
     Run,
     RunId,
-    isoformat,
+)
+from testmesh_reconciler.store.tables import (
+    JSON_ENCODER,
+    Kind,
+    Table,
+    page_sql,
+    run_values,
+    strip_report,
+    update_sql,
+    with_reports,
 )
 
 T = TypeVar("T")
@@ -51,9 +60,6 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations" / "sqlite"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
-#: Keys of ``Run.status_report`` the store derives from the outbox (never stored as given).
-_DERIVED_REPORT_KEYS = ("statuses", "given_up")
-_MAX_PAGE = 1000
 
 
 # -- value codecs -----------------------------------------------------------------------
@@ -70,22 +76,8 @@ def from_us(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Mapping):  # e.g. the config's FrozenDict
-        return dict(value)
-    if isinstance(value, set | frozenset):
-        return sorted(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default)
-
-
 def _dumps(value: Any) -> str:
-    return _ENCODER.encode(value)
-
-
-Kind = Literal["v", "ts", "json", "optjson", "tuple", "bool"]
+    return JSON_ENCODER.encode(value)
 
 
 def _encode(kind: Kind, value: Any) -> Any:
@@ -97,7 +89,7 @@ def _encode(kind: Kind, value: Any) -> Any:
         return 1 if value else 0
     if kind == "optjson" and value is None:
         return None
-    return _dumps(value)
+    return _dumps(value)  # json, and both tuple kinds as a JSON array
 
 
 def _decode(kind: Kind, value: Any) -> Any:
@@ -107,114 +99,15 @@ def _decode(kind: Kind, value: Any) -> Any:
         return from_us(value)
     if kind == "bool":
         return bool(value)
-    if kind == "tuple":
+    if kind in ("array", "jsontuple"):
         return tuple(json.loads(value))
     return json.loads(value)
 
 
-class _Table(Generic[R]):
-    """A record class mapped onto a table, column by column (same names as the fields)."""
-
-    __slots__ = ("_getter", "_index", "_special", "columns", "insert", "make", "name", "select")
-
-    def __init__(self, name: str, make: Callable[..., R], columns: tuple[tuple[str, Kind], ...]):
-        self.name = name
-        self.make = make
-        self.columns = columns
-        self.select = ", ".join(c for c, _ in columns)
-        marks = ", ".join("?" for _ in columns)
-        self.insert = f"INSERT INTO {name} ({self.select}) VALUES ({marks})"
-        self._getter = operator.attrgetter(*(c for c, _ in columns))
-        self._index = {c: i for i, (c, _) in enumerate(columns)}
-        # Only these columns need encoding; plain ones go to SQLite as they are (hot path).
-        self._special = tuple((i, k) for i, (_, k) in enumerate(columns) if k != "v")
-
-    def values(self, record: R, **overrides: Any) -> list[Any]:
-        """The row for ``record`` (field values replaced by ``overrides``), encoded."""
-        row = list(self._getter(record))
-        for column, value in overrides.items():
-            row[self._index[column]] = value
-        for i, kind in self._special:
-            row[i] = _encode(kind, row[i])
-        return row
-
-    def load(self, row: Sequence[Any]) -> R:
-        return self.make(**{c: _decode(k, v) for (c, k), v in zip(self.columns, row, strict=True)})
-
-
-DELIVERIES = _Table(
-    "deliveries",
-    Delivery,
-    (
-        ("id", "v"), ("source", "v"), ("integration", "v"), ("workspace", "v"),
-        ("event", "v"), ("action", "v"), ("repo", "v"), ("branch", "v"), ("sha", "v"),
-        ("app", "v"), ("pr_number", "v"), ("dedup_key", "v"), ("payload_digest", "v"),
-        ("received_at", "ts"), ("processed_at", "ts"), ("outcome", "v"), ("reason", "v"),
-        ("matched_rules", "tuple"), ("runs", "tuple"), ("http_status", "v"),
-    ),
-)  # fmt: skip
-RUNS = _Table(
-    "runs",
-    Run,
-    (
-        ("id", "v"), ("workspace", "v"), ("suite", "v"), ("suite_id", "v"), ("rule", "v"),
-        ("delivery_id", "v"), ("trigger_type", "v"), ("trigger", "json"),
-        ("variables", "json"), ("environment", "v"), ("status", "v"), ("serial_key", "v"),
-        ("revision", "v"), ("queued_at", "ts"), ("claimed_by", "v"), ("lease_until", "ts"),
-        ("started", "bool"), ("started_at", "ts"), ("completed_at", "ts"),
-        ("duration_ms", "v"), ("total_flows", "v"), ("passed_flows", "v"),
-        ("failed_flows", "v"), ("error", "v"), ("status_report", "json"),
-        ("report_target", "optjson"), ("flows", "tuple"), ("environment_instance", "v"),
-        ("trigger_ref", "v"),
-    ),
-)  # fmt: skip
-OUTBOX = _Table(
-    "outbox",
-    OutboxEntry,
-    (
-        ("id", "v"), ("run_id", "v"), ("seq", "v"), ("integration_workspace", "v"),
-        ("integration", "v"), ("repo", "v"), ("sha", "v"), ("context", "v"), ("state", "v"),
-        ("description", "v"), ("target_url", "v"), ("created_at", "ts"),
-        ("next_attempt_at", "ts"), ("attempts", "v"), ("last_error", "v"), ("outcome", "v"),
-        ("finished_at", "ts"),
-    ),
-)  # fmt: skip
-ENVIRONMENTS = _Table(
-    "environments",
-    EnvironmentInstance,
-    (
-        ("id", "v"), ("workspace", "v"), ("name", "v"), ("context", "v"), ("state", "v"),
-        ("provider", "v"), ("provider_app_name", "v"), ("namespace", "v"),
-        ("routing", "json"), ("ttl_minutes", "v"), ("created_at", "ts"),
-        ("last_used_at", "ts"), ("expires_at", "ts"), ("error", "v"), ("users", "v"),
-        ("teardown_requested", "bool"), ("owner", "v"), ("lock_until", "ts"),
-    ),
-)  # fmt: skip
-
-
-def _page_sql(
-    table: _Table[Any],
-    time_col: str,
-    filters: Iterable[tuple[str, object]],
-    before: str | None,
-    limit: int,
-) -> tuple[str, list[Any]]:
-    """Newest-first keyset page: ``before`` is the id of the previous page's last row."""
-    where: list[str] = []
-    params: list[Any] = []
-    for column, value in filters:
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if before is not None:
-        where.append(f"({time_col}, id) < (SELECT {time_col}, id FROM {table.name} WHERE id = ?)")
-        params.append(before)
-    clause = f"WHERE {' AND '.join(where)} " if where else ""
-    params.append(max(1, min(limit, _MAX_PAGE)))
-    sql = (
-        f"SELECT {table.select} FROM {table.name} {clause}ORDER BY {time_col} DESC, id DESC LIMIT ?"
-    )
-    return sql, params
+DELIVERIES = Table(tables.DELIVERIES, "?", _encode, _decode)
+RUNS = Table(tables.RUNS, "?", _encode, _decode)
+OUTBOX = Table(tables.OUTBOX, "?", _encode, _decode)
+ENVIRONMENTS = Table(tables.ENVIRONMENTS, "?", _encode, _decode)
 
 
 def _split_statements(script: str) -> list[str]:
@@ -555,7 +448,7 @@ class SqliteStore:
         before: str | None = None,
     ) -> list[Delivery]:
         filters = (("source", source), ("repo", repo), ("outcome", outcome))
-        sql, params = _page_sql(DELIVERIES, "received_at", filters, before, limit)
+        sql, params = page_sql(DELIVERIES, "received_at", filters, before, limit)
         return await self._call(partial(_select, DELIVERIES, sql, params), "read")
 
     # -- runs ---------------------------------------------------------------------------
@@ -604,7 +497,7 @@ class SqliteStore:
         before: str | None = None,
     ) -> list[Run]:
         filters = (("workspace", workspace), ("suite", suite), ("status", status))
-        sql, params = _page_sql(RUNS, "queued_at", filters, before, limit)
+        sql, params = page_sql(RUNS, "queued_at", filters, before, limit)
         return await self._call(partial(_select_runs, sql, params), "read")
 
     async def count_runs_by_status(self) -> dict[str, int]:
@@ -662,7 +555,7 @@ class SqliteStore:
     async def list_environments(
         self, *, state: str | None = None, limit: int = 100, before: str | None = None
     ) -> list[EnvironmentInstance]:
-        sql, params = _page_sql(ENVIRONMENTS, "created_at", (("state", state),), before, limit)
+        sql, params = page_sql(ENVIRONMENTS, "created_at", (("state", state),), before, limit)
         return await self._call(partial(_select, ENVIRONMENTS, sql, params), "read")
 
     async def find_reusable(
@@ -804,19 +697,19 @@ def _execute(sql: str, params: Sequence[Any], conn: sqlite3.Connection, tx: _Tx)
 
 
 def _select(
-    table: _Table[R], sql: str, params: Sequence[Any], conn: sqlite3.Connection, tx: _Tx
+    table: Table[R], sql: str, params: Sequence[Any], conn: sqlite3.Connection, tx: _Tx
 ) -> list[R]:
     return [table.load(row) for row in conn.execute(sql, params).fetchall()]
 
 
-def _get(table: _Table[R], record_id: str, conn: sqlite3.Connection, tx: _Tx) -> R | None:
+def _get(table: Table[R], record_id: str, conn: sqlite3.Connection, tx: _Tx) -> R | None:
     row = conn.execute(
         f"SELECT {table.select} FROM {table.name} WHERE id = ?", (record_id,)
     ).fetchone()
     return None if row is None else table.load(row)
 
 
-def _insert_many(table: _Table[R], records: Sequence[R], conn: sqlite3.Connection, tx: _Tx) -> None:
+def _insert_many(table: Table[R], records: Sequence[R], conn: sqlite3.Connection, tx: _Tx) -> None:
     conn.executemany(table.insert, [table.values(r) for r in records])
 
 
@@ -848,12 +741,8 @@ def _migrate(conn: sqlite3.Connection, tx: _Tx) -> list[int]:
     return applied
 
 
-def _strip_report(report: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in report.items() if k not in _DERIVED_REPORT_KEYS}
-
-
 def _run_values(run: Run, **overrides: Any) -> list[Any]:
-    return RUNS.values(run, status_report=_strip_report(run.status_report), **overrides)
+    return run_values(RUNS, run, **overrides)
 
 
 def _attach_reports(conn: sqlite3.Connection, runs: list[Run]) -> list[Run]:
@@ -865,43 +754,8 @@ def _attach_reports(conn: sqlite3.Connection, runs: list[Run]) -> list[Run]:
         f"SELECT {OUTBOX.select} FROM outbox WHERE run_id IN ({marks}) "
         "ORDER BY created_at, seq, rowid"
     )
-    per_run: dict[str, list[OutboxEntry]] = {}
-    for row in conn.execute(sql, [r.id for r in runs]).fetchall():
-        entry = OUTBOX.load(row)
-        per_run.setdefault(entry.run_id, []).append(entry)
-    result: list[Run] = []
-    for run in runs:
-        entries = per_run.get(run.id)
-        if not entries:
-            result.append(run)
-            continue
-        report = dict(run.status_report)
-        report["statuses"] = [_status_summary(e) for e in entries]
-        given_up = [e for e in entries if e.outcome == "given_up"]
-        if given_up:
-            last = given_up[-1]
-            report["given_up"] = {
-                "state": last.state,
-                "at": isoformat(last.finished_at),
-                "reason": last.last_error,
-            }
-        result.append(replace(run, status_report=report))
-    return result
-
-
-def _status_summary(entry: OutboxEntry) -> dict[str, Any]:
-    return {
-        "state": entry.state,
-        "context": entry.context,
-        "repo": entry.repo,
-        "sha": entry.sha,
-        "description": entry.description,
-        "target_url": entry.target_url,
-        "outcome": entry.outcome,
-        "attempts": entry.attempts,
-        "last_error": entry.last_error,
-        "at": isoformat(entry.finished_at),
-    }
+    entries = [OUTBOX.load(row) for row in conn.execute(sql, [r.id for r in runs]).fetchall()]
+    return with_reports(runs, entries)
 
 
 _DEDUP_SQL = (
@@ -1090,7 +944,7 @@ def _save_progress(run: Run, conn: sqlite3.Connection, tx: _Tx) -> bool:
         run.failed_flows,
         run.environment,
         run.environment_instance,
-        _dumps(_strip_report(run.status_report)),
+        _dumps(strip_report(run.status_report)),
         _encode("optjson", run.report_target),
         run.id,
         run.claimed_by,
@@ -1115,7 +969,7 @@ def _finish_run(
         run.passed_flows,
         run.failed_flows,
         run.error,
-        _dumps(_strip_report(run.status_report)),
+        _dumps(strip_report(run.status_report)),
         _encode("optjson", run.report_target),
         _dumps(run.flows),
         run.environment,
@@ -1292,17 +1146,7 @@ def _update_environment(
     conn: sqlite3.Connection,
     tx: _Tx,
 ) -> bool:
-    columns = [c for c, _ in ENVIRONMENTS.columns if c != "id"]
-    values = [
-        v
-        for (c, _), v in zip(ENVIRONMENTS.columns, ENVIRONMENTS.values(env), strict=True)
-        if c != "id"
-    ]
-    sql = f"UPDATE environments SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?"
-    values.append(env.id)
-    if expect_state is not None:
-        sql += " AND state = ?"
-        values.append(expect_state)
+    sql, values = update_sql(ENVIRONMENTS, env, expect_state)
     try:
         return conn.execute(sql, values).rowcount == 1
     except sqlite3.IntegrityError:  # another live instance holds the reuse key
