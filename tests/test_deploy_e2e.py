@@ -9,7 +9,6 @@ temporary directory, give a venv whose ``serve`` becomes ready; SIGTERM during a
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import re
@@ -23,7 +22,6 @@ import tomllib
 import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,26 +30,10 @@ import pytest
 import yaml
 from aiohttp import web
 
-from testmesh_reconciler.demo.command import free_port, prepare_config, sign
+from testmesh_reconciler.demo.command import free_port, prepare_config, serve_local, sign
 from testmesh_reconciler.demo.shop import Shop
 from testmesh_reconciler.demo.standin import GiteaStandIn
-
-
-def _load_helpers() -> ModuleType:
-    # Loaded by path, as tests/test_deploy_examples.py does (one module object for both).
-    if "deploy_render" in sys.modules:
-        return sys.modules["deploy_render"]
-    spec = importlib.util.spec_from_file_location(
-        "deploy_render", Path(__file__).with_name("deploy_render.py"))
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["deploy_render"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dr = _load_helpers()
+from tests import deploy_render as dr
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -67,12 +49,7 @@ async def serve() -> AsyncIterator[Serve]:
     runners: list[web.AppRunner] = []
 
     async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        runners.append(runner)
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        return f"http://127.0.0.1:{port}"
+        return await serve_local(app, runners)
 
     yield start
     for runner in reversed(runners):

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import importlib.util
 import json
 import re
 import shutil
 import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jsonschema
@@ -27,23 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-
-def _load_helpers() -> ModuleType:
-    # Loaded by path so it works whether or not tests/ is a package.
-    if "deploy_render" in sys.modules:
-        return sys.modules["deploy_render"]
-    spec = importlib.util.spec_from_file_location(
-        "deploy_render", Path(__file__).with_name("deploy_render.py")
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["deploy_render"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dr = _load_helpers()
+from tests import deploy_render as dr
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from testmesh_reconciler import secrets
 from testmesh_reconciler.config.model import SecretBinding
-from testmesh_reconciler.demo.command import free_port, prepare_config
+from testmesh_reconciler.demo.command import free_port, prepare_config, serve_local
 from testmesh_reconciler.demo.shop import Shop
 from testmesh_reconciler.demo.standin import GiteaStandIn
 
@@ -34,21 +34,12 @@ HOOK = "gitea-hook-PLAINTEXT-51d2e0"
 ARGO_HOOK = "argocd-hook-PLAINTEXT-9b8c7d"
 
 
-async def _serve(app: web.Application, runners: list[web.AppRunner]) -> str:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    runners.append(runner)
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return f"http://127.0.0.1:{port}"
-
-
 @pytest.mark.slow
 async def test_sealed_secrets_never_appear_in_outputs(tmp_path: Path) -> None:
     runners: list[web.AppRunner] = []
     standin = GiteaStandIn(TOKEN)
-    shop_url = await _serve(Shop().app(), runners)
-    gitea_url = await _serve(standin.app(), runners)
+    shop_url = await serve_local(Shop().app(), runners)
+    gitea_url = await serve_local(standin.app(), runners)
     repo = tmp_path / "config"
     token_file = tmp_path / "argo-token"
     token_file.write_text("argo-token-PLAINTEXT-000")

@@ -78,6 +78,18 @@ def free_port() -> int:
         return port
 
 
+async def serve_local(app: web.Application, runners: list[web.AppRunner]) -> str:
+    """Serve ``app`` on 127.0.0.1 (a port the kernel picks); the runner is appended to
+    ``runners`` for the caller to clean up. Returns the base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    runners.append(runner)
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return f"http://127.0.0.1:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Secrets:
     gitea_token: str
@@ -140,8 +152,8 @@ class Demo:
             base = Path(tmp)
             runners: list[web.AppRunner] = []
             try:
-                shop_url = await self._serve(self.shop.app(), runners)
-                gitea_url = await self._serve(self.standin.app(), runners)
+                shop_url = await serve_local(self.shop.app(), runners)
+                gitea_url = await serve_local(self.standin.app(), runners)
                 token_file = base / "argocd-token"
                 token_file.write_text(self.secrets.argocd_token)
                 how = prepare_config(base / "config-repo", shop_url=shop_url,
@@ -167,14 +179,6 @@ class Demo:
             finally:
                 for runner in runners:
                     await runner.cleanup()
-
-    async def _serve(self, app: web.Application, runners: list[web.AppRunner]) -> str:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        runners.append(runner)
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        return f"http://127.0.0.1:{port}"
 
     @contextlib.contextmanager
     def _daemon(self, base: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
