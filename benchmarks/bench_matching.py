@@ -18,9 +18,9 @@ from pathlib import Path
 
 from testmesh_reconciler.config.loader import files_from_bytes
 from testmesh_reconciler.config.model import Integration, SecretRef, SecretValue, Snapshot
+from testmesh_reconciler.loading import make_loader
 from testmesh_reconciler.matching import match, rule_accepts
 from testmesh_reconciler.triggers import Trigger
-from testmesh_reconciler.validate import make_loader
 from testmesh_reconciler.webhooks import gitea
 
 HEAD = "apiVersion: testmesh.io/v1alpha1\n"

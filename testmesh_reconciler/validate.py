@@ -19,7 +19,7 @@ from testmesh_reconciler.config.loader import FileRef, Loader, LoadResult, Secre
 from testmesh_reconciler.config.plan import Plan, diff
 from testmesh_reconciler.config.problems import render_text
 from testmesh_reconciler.errors import UsageError
-from testmesh_reconciler.loading import make_loader as make_loader
+from testmesh_reconciler.loading import make_loader
 from testmesh_reconciler.sources.local import read_public_keys, read_tree
 
 

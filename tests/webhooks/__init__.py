@@ -11,7 +11,7 @@ from pathlib import Path
 
 from testmesh_reconciler.config.loader import files_from_bytes
 from testmesh_reconciler.config.model import SecretRef, SecretValue, Snapshot
-from testmesh_reconciler.validate import make_loader
+from testmesh_reconciler.loading import make_loader
 from tests.testing.webhook_payloads import SAMPLE_SECRET
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "config-repo"
