@@ -1,8 +1,13 @@
-"""The SQLite runtime store: one connection in one worker thread, with group commit.
+"""The SQLite runtime store, with group commit.
 
-Async methods hand a job to the worker; the worker runs every job queued meanwhile in one
-transaction (each in a savepoint, so one failing job does not undo the others) and answers
-each caller only after the commit. Migrations are numbered SQL files in ``migrations/sqlite``.
+Async methods queue a job; at the end of each turn of the event loop, every job queued in it
+runs in one transaction and each caller is answered only after the commit (should a job
+fail, the others are replayed without it). The jobs run on the loop's own connection: a
+write on a local SQLite file in WAL mode costs microseconds, less than handing it to a
+thread and taking the GIL back (on one core, each hand-off is a wait behind the other
+thread). A worker thread with its own connection runs what may block: migrations, WAL
+checkpoints, and any turn whose lock another process holds (the loop's connection never
+waits for a lock). Migrations are numbered SQL files in ``migrations/sqlite``.
 """
 
 from __future__ import annotations
@@ -178,6 +183,15 @@ class _Stop:
 
 Outcome = tuple[asyncio.Future[Any], bool, Any]
 
+#: In-loop transactions between two WAL checkpoints (run by the worker thread, PASSIVE:
+#: they never block the loop's writes).
+CHECKPOINT_EVERY = 500
+
+
+class _Busy(Exception):
+    """The loop's connection found the database locked by another process: nothing of the
+    turn was committed, and the worker thread runs it again, waiting for the lock."""
+
 
 def _settle(outcomes: list[Outcome]) -> None:
     for future, ok, value in outcomes:
@@ -199,6 +213,7 @@ class SqliteStore:
 
     ``synchronous=NORMAL`` in WAL mode survives a killed process; ``"FULL"`` also survives
     a power cut at some cost in commit latency. ``max_batch`` caps jobs per transaction.
+    ``in_loop=False`` runs every job in the worker thread instead (see the module doc).
     """
 
     def __init__(
@@ -208,14 +223,19 @@ class SqliteStore:
         busy_timeout_ms: int = 5000,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         max_batch: int = 1000,
+        in_loop: bool = True,
     ) -> None:
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
         self._synchronous = synchronous
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Job | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Job] | _Stop] = queue.SimpleQueue()
+        self._pending: list[_Job] = []  # jobs of this turn of the loop, not handed over yet
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._in_loop = in_loop
+        self._loop_conn: sqlite3.Connection | None = None  # the event loop's connection
+        self._loop_commits = 0
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
@@ -239,7 +259,15 @@ class SqliteStore:
             self._thread.join()
             self._thread = None
             raise
-        await self.migrate()
+        try:
+            await self.migrate()
+            if self._in_loop:
+                # busy_timeout 0: a lock held elsewhere sends the turn to the worker thread;
+                # checkpoints are the worker's too, so no commit here ever waits on a fsync.
+                self._loop_conn = self._connect(busy_timeout_ms=0, autocheckpoint=False)
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Commit every job already handed over, then close the connection."""
@@ -249,6 +277,10 @@ class SqliteStore:
         self._closing = True
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
+        self._hand_over()  # jobs of this turn first: the worker stops after them
+        if self._loop_conn is not None:
+            self._loop_conn.close()
+            self._loop_conn = None
         self._queue.put(_Stop(loop, done))
         await done
         thread.join()
@@ -268,22 +300,59 @@ class SqliteStore:
             raise StoreError("the store is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(work, mode, loop, future))
+        self._pending.append(_Job(work, mode, loop, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._hand_over)
         return await future
 
-    def _connect(self) -> sqlite3.Connection:
+    def _hand_over(self) -> None:
+        """Run every job of this turn of the event loop as one group: here, on the loop's
+        connection, or in the worker (``own`` jobs, a lock held elsewhere, ``in_loop``
+        off), handed over at once so that it runs while the loop waits for IO."""
+        jobs, self._pending = self._pending, []
+        if not jobs:
+            return
+        conn = self._loop_conn
+        if conn is None or any(job.mode == "own" for job in jobs):
+            self._queue.put(jobs)
+            return
+        try:
+            self._run(conn, jobs)
+        except _Busy:
+            self._queue.put(jobs)
+            return
+        except Exception as exc:  # a bug here must not leave callers waiting
+            error = StoreError(f"store failed: {exc!r}")
+            _settle([(job.future, False, error) for job in jobs])
+            return
+        self._loop_commits += 1
+        if self._loop_commits % CHECKPOINT_EVERY == 0:
+            self._checkpoint(jobs[0].loop)
+
+    def _checkpoint(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Copy the WAL back into the database in the worker (PASSIVE: never blocks)."""
+        future: asyncio.Future[Any] = loop.create_future()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # logged by none
+        self._queue.put([_Job(_wal_checkpoint, "own", loop, future)])
+
+    def _connect(self, *, busy_timeout_ms: int | None = None,
+                 autocheckpoint: bool = True) -> sqlite3.Connection:
+        busy = self._busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
             self.path,
-            timeout=self._busy_timeout_ms / 1000,
+            timeout=busy / 1000,
             isolation_level=None,  # we issue BEGIN/COMMIT ourselves
             cached_statements=256,
+            check_same_thread=False,  # the loop's: opened in open(), used by the loop only
         )
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(busy)}")
             conn.execute("PRAGMA foreign_keys = ON")
+            if not autocheckpoint:
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
         except BaseException:
             conn.close()
             raise
@@ -305,19 +374,21 @@ class SqliteStore:
                     if isinstance(item, _Stop):
                         stop = item
                         break
-                    batch.append(item)
+                    batch.extend(item)
                     if len(batch) >= self._max_batch:
                         break
                     try:
                         item = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                try:
-                    self._run(conn, batch)
-                except Exception as exc:  # a bug here must not leave callers waiting
-                    error = StoreError(f"store worker failed: {exc!r}")
-                    for job in batch:
-                        _post(job.loop, [(job.future, False, error)])
+                for start in range(0, len(batch), self._max_batch):
+                    chunk = batch[start:start + self._max_batch]
+                    try:
+                        self._run(conn, chunk)
+                    except Exception as exc:  # a bug here must not leave callers waiting
+                        error = StoreError(f"store worker failed: {exc!r}")
+                        for job in chunk:
+                            _post(job.loop, [(job.future, False, error)])
         finally:
             conn.close()
             if stop is not None:
@@ -354,6 +425,9 @@ class SqliteStore:
             results = self._transaction(
                 conn, jobs, tx, "BEGIN" if reads_only else "BEGIN IMMEDIATE"
             )
+        if conn is self._loop_conn:  # on the loop's thread: answer directly
+            _settle([(job.future, ok, value) for job, ok, value in results])
+            return
         by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
         for job, ok, value in results:
             by_loop.setdefault(job.loop, []).append((job.future, ok, value))
@@ -415,6 +489,8 @@ class SqliteStore:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+            if conn is self._loop_conn and _is_busy(exc):
+                raise _Busy from exc
             error = StoreError(f"transaction failed: {exc}")
             error.__cause__ = exc
             return [(job, False, error) for job in jobs]
@@ -623,7 +699,7 @@ class SqliteStore:
         provider_app_name: str | None,
     ) -> EnvironmentInstance | None:
         now_us = to_us(now)
-        params = [now_us, now_us, _dumps(dict(routing)), workspace, name, context, provider,
+        params = [1, now_us, now_us, _dumps(dict(routing)), workspace, name, context, provider,
                   provider_app_name, now_us, now_us]  # fmt: skip
         found = await self._call(
             partial(_select, ENVIRONMENTS, _TAKE_REUSABLE_SQL, params), "write"
@@ -640,11 +716,13 @@ class SqliteStore:
         *,
         provider: str,
         provider_app_name: str | None,
+        users: int = 1,
+        provision: EnvironmentInstance | None = None,
     ) -> tuple[EnvironmentInstance | None, list[EnvironmentInstance]]:
         now_us = to_us(now)
-        take = [now_us, now_us, _dumps(dict(routing)), workspace, name, context, provider,
-                provider_app_name, now_us, now_us]  # fmt: skip
-        work = partial(_take_or_list, take, [workspace, name, context])
+        take = [users, now_us, now_us, _dumps(dict(routing)), workspace, name, context,
+                provider, provider_app_name, now_us, now_us]  # fmt: skip
+        work = partial(_take_or_list, take, [workspace, name, context], provision)
         return await self._call(work, "write")
 
     async def environments_for_key(
@@ -685,6 +763,16 @@ class SqliteStore:
 
 def _lease_us(now: datetime, lease_seconds: float) -> int:
     return to_us(now + timedelta(seconds=lease_seconds))
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or (
+        code is None and "locked" in str(exc))
+
+
+def _wal_checkpoint(conn: sqlite3.Connection, tx: _Tx) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _ping(conn: sqlite3.Connection, tx: _Tx) -> bool:
@@ -1075,7 +1163,7 @@ _TAKE_SQL = (
 # it is used), taken as _TAKE_SQL takes one, when it is usable as it is: same provider and
 # app, and a warm/cooling one within its TTL (environments.reusable, in SQL).
 _TAKE_REUSABLE_SQL = (
-    "UPDATE environments SET state = 'running', users = users + 1, last_used_at = ?, "
+    "UPDATE environments SET state = 'running', users = users + ?, last_used_at = ?, "
     "expires_at = ? + CAST(ttl_minutes * 60000000 AS INTEGER), routing = ?, owner = NULL, "
     "lock_until = NULL WHERE workspace = ? AND name = ? AND context = ? "
     "AND state NOT IN ('cold', 'destroyed') AND teardown_requested = 0 "
@@ -1086,6 +1174,8 @@ _TAKE_REUSABLE_SQL = (
     f"RETURNING {ENVIRONMENTS.select}"
 )
 
+_INSERT_NEW_SQL = f"{ENVIRONMENTS.insert} ON CONFLICT DO NOTHING"
+
 # Every record of a key that is not destroyed, newest first (environments_for_key).
 _FOR_KEY_SQL = (
     f"SELECT {ENVIRONMENTS.select} FROM environments WHERE workspace = ? AND name = ? "
@@ -1094,12 +1184,22 @@ _FOR_KEY_SQL = (
 
 
 def _take_or_list(
-    take: Sequence[Any], key: Sequence[Any], conn: sqlite3.Connection, tx: _Tx
+    take: Sequence[Any],
+    key: Sequence[Any],
+    provision: EnvironmentInstance | None,
+    conn: sqlite3.Connection,
+    tx: _Tx,
 ) -> tuple[EnvironmentInstance | None, list[EnvironmentInstance]]:
-    """take_reusable, else the key's records, in the caller's transaction."""
+    """take_reusable, else the key's records, or ``provision`` inserted when it has none;
+    in the caller's transaction."""
     taken = _select(ENVIRONMENTS, _TAKE_REUSABLE_SQL, take, conn, tx)
     if taken:
         return taken[0], []
+    records = _select(ENVIRONMENTS, _FOR_KEY_SQL, key, conn, tx)
+    if records or provision is None:
+        return None, records
+    if conn.execute(_INSERT_NEW_SQL, ENVIRONMENTS.values(provision)).rowcount:
+        return None, [provision]
     return None, _select(ENVIRONMENTS, _FOR_KEY_SQL, key, conn, tx)
 
 

@@ -18,7 +18,8 @@ from tests.pg import pg_cluster, pg_dsn
 
 __all__ = ["BACKENDS", "MakeStore", "pg_cluster", "pg_dsn"]  # fixtures for this directory
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+#: ``sqlite-thread``: the SQLite store with every job in its worker thread (``in_loop=False``).
+BACKENDS = ["sqlite", "sqlite-thread", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 MakeStore = Callable[[], Awaitable[Store]]
 
@@ -31,7 +32,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """Where the backend keeps this test's data: a SQLite file, or a fresh PostgreSQL DSN."""
-    if backend == "sqlite":
+    if backend.startswith("sqlite"):
         return str(tmp_path / "store.sqlite3")
     if backend == "postgres":
         return str(request.getfixturevalue("pg_dsn"))
@@ -41,6 +42,8 @@ def database(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> st
 def _build(backend: str, database: str) -> Store:
     if backend == "sqlite":
         return SqliteStore(database)
+    if backend == "sqlite-thread":
+        return SqliteStore(database, in_loop=False)
     if backend == "postgres":
         return PostgresStore(database, max_size=4)
     raise AssertionError(f"unknown backend {backend}")
@@ -72,6 +75,8 @@ def store_source(backend: str, database: str) -> str:
     """Python source of an expression building the same store, for a child process."""
     if backend == "sqlite":
         return f"SqliteStore({database!r})"
+    if backend == "sqlite-thread":
+        return f"SqliteStore({database!r}, in_loop=False)"
     if backend == "postgres":
         return f"PostgresStore({database!r})"
     raise AssertionError(f"unknown backend {backend}")

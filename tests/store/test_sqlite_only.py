@@ -1,0 +1,90 @@
+"""SQLite-only tests: the event loop's connection never waits, the worker thread does.
+
+A write lock held by another connection (as another process would hold it) sends the turn
+to the worker thread, which waits for it while the loop keeps serving; WAL checkpoints run
+in the worker too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from testmesh_reconciler.store import FakeClock, SqliteStore
+from testmesh_reconciler.store import sqlite as sqlite_store
+from tests.store.test_store_contract import make_env
+
+
+async def test_a_lock_held_elsewhere_is_waited_for_off_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    store = SqliteStore(path, busy_timeout_ms=10_000)
+    await store.open()
+    clock = FakeClock()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        env = make_env(clock)
+        write = asyncio.create_task(store.insert_environment(env))
+        ticks = 0
+        for _ in range(20):  # the loop keeps turning while the write waits
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert ticks == 20 and not write.done()
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(write, 10) is True
+        assert await store.get_environment(env.id) == env
+        assert await store.ping()
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_checkpoints_run_in_the_worker(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    real = sqlite_store._wal_checkpoint
+
+    def checkpoint(conn: sqlite3.Connection, tx: sqlite_store._Tx) -> None:
+        threads.append(threading.current_thread().name)
+        real(conn, tx)
+
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 2)
+    monkeypatch.setattr(sqlite_store, "_wal_checkpoint", checkpoint)
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    clock = FakeClock()
+    try:
+        for i in range(4):  # four turns, four transactions on the loop's connection
+            assert await store.insert_environment(make_env(clock, context=f"pr-{i}"))
+        await store.migrate()  # runs in the worker after the checkpoints queued before it
+        assert threads == ["store:store.sqlite3"] * 2
+        assert threading.current_thread().name not in threads
+    finally:
+        await store.close()
+
+
+async def test_jobs_of_one_turn_share_one_transaction(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    clock = FakeClock()
+    groups: list[int] = []
+    real = store._run
+
+    def run(conn: sqlite3.Connection, jobs: list[sqlite_store._Job]) -> None:
+        groups.append(len(jobs))
+        real(conn, jobs)
+
+    monkeypatch.setattr(store, "_run", run)
+    try:
+        envs = [make_env(clock, context=f"pr-{i}") for i in range(10)]
+        assert all(await asyncio.gather(*(store.insert_environment(e) for e in envs)))
+        assert groups == [10]
+        assert not await store.insert_environment(make_env(clock, context="pr-0"))
+        assert groups == [10, 1]
+    finally:
+        await store.close()
