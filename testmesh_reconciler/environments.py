@@ -214,6 +214,10 @@ class SingleFlight(Generic[K, V]):
 
     async def run(self, key: K, factory: Callable[[], Awaitable[V]]) -> V:
         """Await ``factory()`` for ``key``, or the call already in flight for it."""
+        return await asyncio.shield(self.start(key, factory))
+
+    def start(self, key: K, factory: Callable[[], Awaitable[V]]) -> asyncio.Task[V]:
+        """The call in flight for ``key``, started with ``factory()`` if there is none."""
         task = self._tasks.get(key)
         if task is None or task.done():  # done: its callback has not dropped it yet
             async def call() -> V:
@@ -222,7 +226,7 @@ class SingleFlight(Generic[K, V]):
             task = asyncio.get_running_loop().create_task(call(), name=f"single-flight:{key}")
             self._tasks[key] = task
             task.add_done_callback(lambda done: self._finished(key, done))
-        return await asyncio.shield(task)
+        return task
 
     def _finished(self, key: K, task: asyncio.Task[V]) -> None:
         if self._tasks.get(key) is task:
@@ -334,6 +338,11 @@ class _Waiter:
     gone: bool = False
 
 
+#: One acquisition in a shared ``take_or_list``: its target, run id and where its answer goes.
+_Taking = tuple[_Target, str, "asyncio.Future[tuple[EnvironmentInstance | None, "
+                "list[EnvironmentInstance]]]"]
+
+
 class _KeyedLocks:
     """One ``asyncio.Lock`` per record id, dropped when nobody holds or waits for it."""
 
@@ -400,6 +409,8 @@ class EnvironmentManager:
         self._flight: SingleFlight[EnvKey, EnvironmentInstance] = SingleFlight()
         self._locks = _KeyedLocks()
         self._waiting: dict[EnvKey, list[_Waiter]] = {}
+        #: Acquisitions of this turn of the loop, by key, for one ``take_or_list`` each.
+        self._takes: dict[tuple[EnvKey, str, str | None], list[_Taking]] = {}
         self._integrations: dict[tuple[str, str], Integration] = {}
         self._prepared: dict[tuple[str, str, frozenset[tuple[str, str]]], _Prepared] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -428,11 +439,9 @@ class EnvironmentManager:
         known: list[EnvironmentInstance] | None = None
         if target.key not in self._flight:  # else join the call in flight for this key
             # The common case in one store call: a live record usable as it is; on a miss
-            # the same call reads the key's records, which the provisioning starts from.
-            taken, known = await self.store.take_or_list(
-                workspace, name, target.context, target.rendered.routing, self._clock.now(),
-                provider=target.declared.provider,
-                provider_app_name=target.rendered.provider_app_name)
+            # the same call inserts the provisioning record of a new key (or reads the key's
+            # records, which the provisioning starts from).
+            taken, known = await self._take_or_list(target, run_id)
             if taken is not None:
                 return self._acquired(target, taken, run_id)
         for _ in range(ACQUIRE_ATTEMPTS):
@@ -450,6 +459,85 @@ class EnvironmentManager:
         raise EnvironmentUnavailable(
             f"TestEnvironment {name!r} (context {target.context!r}) kept changing while it was "
             f"acquired (torn down or claimed elsewhere {ACQUIRE_ATTEMPTS} times); run again")
+
+    async def _take_or_list(self, target: _Target, run_id: str) -> tuple[EnvironmentInstance | None,
+                                                             list[EnvironmentInstance]]:
+        """``store.take_or_list`` for this acquisition, shared with every acquisition of the
+        same key that arrives in the same turn of the event loop: a burst of runs for one
+        context costs one store call, which counts them all as users at once."""
+        key = (target.key, target.declared.provider, target.rendered.provider_app_name)
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[EnvironmentInstance | None,
+                                     list[EnvironmentInstance]]] = loop.create_future()
+        batch = self._takes.get(key)
+        if batch is None:
+            batch = self._takes[key] = []
+            loop.call_soon(self._start_take, key)
+        batch.append((target, run_id, answer))
+        return await answer
+
+    def _start_take(self, key: tuple[EnvKey, str, str | None]) -> None:
+        batch = self._takes.pop(key)
+        task = asyncio.get_running_loop().create_task(
+            self._take_batch(batch), name=f"environment-take:{key[0]}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _take_batch(self, batch: list[_Taking]) -> None:
+        """One store call for ``batch`` (same key); a miss on a key with no record inserts
+        its provisioning record, started here before anyone can ask for it again."""
+        first = batch[0][0]
+        ws, name, context = first.key
+        now = self._clock.now()
+        provision = self._new_instance(first, now)
+        try:
+            taken, known = await self.store.take_or_list(
+                ws, name, context, batch[-1][0].rendered.routing, now,
+                provider=first.declared.provider,
+                provider_app_name=first.rendered.provider_app_name, users=len(batch),
+                provision=provision)
+        except Exception as exc:
+            for _, _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(exc)
+            return
+        except BaseException:  # cancelled (shutdown): so are the acquisitions waiting
+            for _, _, answer in batch:
+                answer.cancel()
+            raise
+        inserted = bool(known) and known[0].id == provision.id
+        # An Argo CD provisioning starts before the answers are handed out: its first request
+        # leaves now, and its final write (which counts the waiting runs as users) comes
+        # only after Argo CD answered, long after those runs registered. A static one
+        # writes at once, so its runs must register first.
+        early = inserted and first.client is not None
+        if early:
+            self._flight.start(first.key, lambda: self._provision(provision, first))
+        for target, run_id, answer in batch:
+            if taken is not None:
+                mine = taken if taken.routing == target.rendered.routing \
+                    else replace(taken, routing=dict(target.rendered.routing))
+                if answer.done():  # cancelled meanwhile: it was counted, give it back
+                    self._release_later(_Waiter(target, run_id), mine)
+                else:
+                    answer.set_result((mine, []))
+            elif not answer.done():
+                answer.set_result((None, known))
+        if inserted and not early:
+            self._flight.start(first.key, lambda: self._provision(provision, first))
+
+    def _new_instance(self, target: _Target, now: datetime) -> EnvironmentInstance:
+        """The ``provisioning`` record a new key starts with, leased to a fresh token."""
+        until = now + timedelta(seconds=self._provision_timeout + PROVISION_MARGIN)
+        declared, rendered = target.declared, target.rendered
+        return EnvironmentInstance(
+            id=EnvironmentId(new_id()), workspace=declared.workspace, name=declared.name,
+            context=target.context, state="provisioning", provider=declared.provider,
+            created_at=now, ttl_minutes=declared.ttl_minutes,
+            provider_app_name=rendered.provider_app_name, namespace=rendered.namespace,
+            routing=dict(rendered.routing), last_used_at=now,
+            expires_at=expires_at(now, declared.ttl_minutes), owner=self._token(),
+            lock_until=until)
 
     async def _wait_for(self, waiter: _Waiter,
                         records: list[EnvironmentInstance] | None) -> EnvironmentInstance:
@@ -596,17 +684,7 @@ class EnvironmentManager:
         return await self._reprovision(found, target)  # expired or failed: sync again
 
     async def _provision_new(self, target: _Target) -> EnvironmentInstance:
-        now = self._clock.now()
-        token = self._token()
-        until = now + timedelta(seconds=self._provision_timeout + PROVISION_MARGIN)
-        declared, rendered = target.declared, target.rendered
-        instance = EnvironmentInstance(
-            id=EnvironmentId(new_id()), workspace=declared.workspace, name=declared.name,
-            context=target.context, state="provisioning", provider=declared.provider,
-            created_at=now, ttl_minutes=declared.ttl_minutes,
-            provider_app_name=rendered.provider_app_name, namespace=rendered.namespace,
-            routing=dict(rendered.routing), last_used_at=now,
-            expires_at=expires_at(now, declared.ttl_minutes), owner=token, lock_until=until)
+        instance = self._new_instance(target, self._clock.now())
         if not await self.store.insert_environment(instance):
             raise _Retry  # another replica inserted this key first: wait for its record
         return await self._provision(instance, target)

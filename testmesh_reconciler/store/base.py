@@ -215,10 +215,17 @@ class Store(Protocol):
         *,
         provider: str,
         provider_app_name: str | None,
+        users: int = 1,
+        provision: EnvironmentInstance | None = None,
     ) -> tuple[EnvironmentInstance | None, list[EnvironmentInstance]]:
-        """``take_reusable`` and, when it takes nothing, ``environments_for_key`` in the
-        same transaction: ``(taken, [])`` or ``(None, records of the key)``, so a miss
-        costs one call instead of two."""
+        """``take_reusable`` for ``users`` runs at once and, when it takes nothing,
+        ``environments_for_key`` in the same transaction: ``(taken, [])`` or ``(None,
+        records of the key)``, so a miss costs one call instead of two.
+
+        ``provision`` (a ``provisioning`` record of this key): inserted in the same
+        transaction when nothing was taken and the key has no record that is not
+        ``destroyed``; it is then the one record listed, and the caller provisions it.
+        """
 
     async def environments_for_key(
         self, workspace: str, name: str, context: str

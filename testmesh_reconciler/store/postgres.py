@@ -185,7 +185,7 @@ FOR UPDATE OF r SKIP LOCKED
 # conditional UPDATE (at most one row: the unique index) whose row lock orders it against
 # racing replicas, which re-check the conditions.
 _TAKE_REUSABLE_SQL = (
-    "UPDATE environments SET state = 'running', users = users + 1, last_used_at = %s, "
+    "UPDATE environments SET state = 'running', users = users + %s, last_used_at = %s, "
     "expires_at = %s + make_interval(secs => ttl_minutes * 60), routing = %s, "
     "owner = NULL, lock_until = NULL WHERE workspace = %s AND name = %s "
     "AND context = %s AND state NOT IN ('cold', 'destroyed') "
@@ -212,9 +212,10 @@ def _take_reusable_params(
     now: datetime,
     provider: str,
     provider_app_name: str | None,
+    users: int = 1,
 ) -> tuple[Any, ...]:
     now = _now(now)
-    return (now, now, _json(dict(routing)), workspace, name, context, provider,
+    return (users, now, now, _json(dict(routing)), workspace, name, context, provider,
             provider_app_name, now, now)  # fmt: skip
 
 
@@ -760,18 +761,32 @@ class PostgresStore:
         *,
         provider: str,
         provider_app_name: str | None,
+        users: int = 1,
+        provision: EnvironmentInstance | None = None,
     ) -> tuple[EnvironmentInstance | None, list[EnvironmentInstance]]:
         """``take_reusable``'s UPDATE and the key's read, pipelined in one transaction (one
-        exchange with the server); the read is answered only when the UPDATE took nothing."""
+        exchange with the server); the read is answered only when the UPDATE took nothing.
+        A key with no record at all then gets ``provision`` (a second exchange); should
+        another replica insert first (the live key's unique index), its record is listed."""
         params = _take_reusable_params(workspace, name, context, routing, now, provider,
-                                       provider_app_name)  # fmt: skip
+                                       provider_app_name, users)  # fmt: skip
+        key = (workspace, name, context)
         async with self._tx(pipeline=True) as conn:
             taken = await conn.execute(_TAKE_REUSABLE_SQL, params)
-            listed = await conn.execute(_FOR_KEY_SQL, (workspace, name, context))
+            listed = await conn.execute(_FOR_KEY_SQL, key)
             row = await taken.fetchone()
             if row is not None:
                 return ENVIRONMENTS.load(row), []
-            return None, [ENVIRONMENTS.load(r) for r in await listed.fetchall()]
+            records = [ENVIRONMENTS.load(r) for r in await listed.fetchall()]
+            if records or provision is None:
+                return None, records
+            inserted = await conn.execute(
+                f"{ENVIRONMENTS.insert} ON CONFLICT DO NOTHING RETURNING id",
+                ENVIRONMENTS.values(provision))
+            if await inserted.fetchone() is not None:
+                return None, [provision]
+            again = await conn.execute(_FOR_KEY_SQL, key)
+            return None, [ENVIRONMENTS.load(r) for r in await again.fetchall()]
 
     async def environments_for_key(
         self, workspace: str, name: str, context: str

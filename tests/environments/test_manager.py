@@ -105,6 +105,58 @@ async def test_concurrent_acquisitions_provision_once(
     assert record is not None and (record.state, record.users) == ("warm", 0)
 
 
+async def test_a_burst_for_one_key_costs_one_store_call(
+        manager: EnvironmentManager, snapshot: Snapshot, argocd: FakeArgoCD,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs of one key arriving together share one ``take_or_list``: for a new key it
+    inserts the provisioning record, for a warm one it counts them all as users."""
+    calls: list[int] = []
+    take = manager.store.take_or_list
+
+    async def counted(*args: Any, **kw: Any) -> Any:
+        calls.append(kw["users"])
+        return await take(*args, **kw)
+
+    monkeypatch.setattr(manager.store, "take_or_list", counted)
+    monkeypatch.setattr(manager.store, "insert_environment", None)  # not needed any more
+    first = await asyncio.gather(*(acquire(manager, snapshot, run_id=f"run-{i}")
+                                   for i in range(5)))
+    assert calls == [5] and manager.provisionings == 1 and argocd.creates[APP] == 1
+    record = await manager.store.get_environment(first[0].instance_id or "")
+    assert record is not None and (record.state, record.users) == ("running", 5)
+    for acquired in first:
+        await manager.release(acquired, failed=False)
+    again = await asyncio.gather(*(acquire(manager, snapshot, run_id=f"again-{i}", sha=sha)
+                                   for i, sha in enumerate(("a" * 40, "b" * 40, "c" * 40))))
+    assert calls == [5, 3] and manager.provisionings == 1 and argocd.syncs[APP] == 1
+    assert {a.instance_id for a in again} == {first[0].instance_id}
+    record = await manager.store.get_environment(first[0].instance_id or "")
+    assert record is not None and (record.state, record.users) == ("running", 3)
+
+
+async def test_a_run_cancelled_in_a_shared_take_keeps_no_user(
+        manager: EnvironmentManager, snapshot: Snapshot) -> None:
+    """Cancelled while the shared ``take_or_list`` is under way: counted as a user by the
+    store, then given back."""
+    warm = await acquire(manager, snapshot)
+    await manager.release(warm, failed=False)
+    tasks = [asyncio.create_task(acquire(manager, snapshot, run_id=f"run-{i}"))
+             for i in range(3)]
+    for _ in range(3):  # the take is in the store's hands now
+        await asyncio.sleep(0)
+    tasks[1].cancel()
+    kept = await asyncio.gather(tasks[0], tasks[2])
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[1]
+    await manager.drain()
+    record = await manager.store.get_environment(warm.instance_id or "")
+    assert record is not None and (record.state, record.users) == ("running", 2)
+    for acquired in kept:
+        await manager.release(acquired, failed=False)
+    record = await manager.store.get_environment(warm.instance_id or "")
+    assert record is not None and (record.state, record.users) == ("warm", 0)
+
+
 @pytest.mark.parametrize("when", ["before", "during", "after"])
 async def test_a_cancelled_waiter_keeps_no_user(
         manager: EnvironmentManager, snapshot: Snapshot, argocd: FakeArgoCD,
@@ -113,13 +165,13 @@ async def test_a_cancelled_waiter_keeps_no_user(
     during or just after that write leaves no user behind."""
     tasks = [asyncio.create_task(acquire(manager, snapshot, run_id=f"run-{i}"))
              for i in range(3)]
-    insert, update = manager.store.insert_environment, manager.store.update_environment
+    take, update = manager.store.take_or_list, manager.store.update_environment
 
-    async def insert_and_cancel(env: EnvironmentInstance) -> bool:
-        stored = await insert(env)
+    async def take_and_cancel(*args: Any, **kw: Any) -> Any:
+        taken = await take(*args, **kw)  # inserts the provisioning record
         if when == "before":  # the provisioning starts now
             tasks[1].cancel()
-        return stored
+        return taken
 
     async def update_and_cancel(env: EnvironmentInstance, **kw: Any) -> bool:
         if when == "during" and env.state == "running":
@@ -129,7 +181,7 @@ async def test_a_cancelled_waiter_keeps_no_user(
             tasks[1].cancel()
         return stored
 
-    monkeypatch.setattr(manager.store, "insert_environment", insert_and_cancel)
+    monkeypatch.setattr(manager.store, "take_or_list", take_and_cancel)
     monkeypatch.setattr(manager.store, "update_environment", update_and_cancel)
     kept = await asyncio.gather(tasks[0], tasks[2])
     with pytest.raises(asyncio.CancelledError):

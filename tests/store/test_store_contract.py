@@ -753,6 +753,41 @@ async def test_take_or_list_takes_or_returns_the_key(store: Store, clock: FakeCl
     assert await take_or_list() == (None, [cooling])  # expired: the caller provisions it
 
 
+async def test_take_or_list_counts_users_and_inserts_a_new_key(store: Store,
+                                                              clock: FakeClock) -> None:
+    """``users`` takes for several runs at once; ``provision`` is inserted only for a key
+    with no record that is not destroyed, and is then the one record listed."""
+    routing = {"user-service": "http://users.pr-1:8080"}
+
+    async def take_or_list(context: str = "pr-1", **kw: Any) -> tuple[
+            EnvironmentInstance | None, list[EnvironmentInstance]]:
+        return await store.take_or_list("default", "review", context, routing, clock.now(),
+                                        provider="argocd",
+                                        provider_app_name=f"shop-{context}", **kw)
+
+    gone = make_env(clock, state="destroyed")
+    assert await store.insert_environment(gone)
+    clock.advance(1)
+    new = make_env(clock)
+    assert await take_or_list(users=3, provision=new) == (None, [new])
+    assert await store.get_environment(new.id) == new
+    other = make_env(clock)
+    assert await take_or_list(provision=other) == (None, [new])  # provisioning: listed
+    assert await store.get_environment(other.id) is None
+
+    warm = replace(new, state="warm", owner=None, lock_until=None, last_used_at=clock.now())
+    assert await store.update_environment(warm)
+    taken, records = await take_or_list(users=3, provision=other)
+    assert records == [] and taken is not None and taken.id == new.id
+    assert (taken.state, taken.users) == ("running", 3)
+    assert await store.get_environment(other.id) is None
+
+    for blocking in (replace(taken, teardown_requested=True), replace(taken, state="cold")):
+        assert await store.update_environment(blocking)
+        assert await take_or_list(provision=other) == (None, [blocking])  # not replaced
+        assert await store.get_environment(other.id) is None
+
+
 async def test_environments_for_key(store: Store, clock: FakeClock) -> None:
     assert await store.environments_for_key("default", "review", "pr-1") == []
     gone = make_env(clock, state="destroyed")
