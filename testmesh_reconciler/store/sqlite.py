@@ -316,18 +316,20 @@ class SqliteStore:
         if conn is None or any(job.mode == "own" for job in jobs):
             self._queue.put(jobs)
             return
-        try:
-            self._run(conn, jobs)
-        except _Busy:
-            self._queue.put(jobs)
-            return
-        except Exception as exc:  # a bug here must not leave callers waiting
-            error = StoreError(f"store failed: {exc!r}")
-            _settle([(job.future, False, error) for job in jobs])
-            return
-        self._loop_commits += 1
-        if self._loop_commits % CHECKPOINT_EVERY == 0:
-            self._checkpoint(jobs[0].loop)
+        for start in range(0, len(jobs), self._max_batch):
+            chunk = jobs[start:start + self._max_batch]
+            try:
+                self._run(conn, chunk)
+            except _Busy:
+                self._queue.put(jobs[start:])
+                return
+            except Exception as exc:  # a bug here must not leave callers waiting
+                error = StoreError(f"store failed: {exc!r}")
+                _settle([(job.future, False, error) for job in chunk])
+                continue
+            self._loop_commits += 1
+            if self._loop_commits % CHECKPOINT_EVERY == 0:
+                self._checkpoint(chunk[0].loop)
 
     def _checkpoint(self, loop: asyncio.AbstractEventLoop) -> None:
         """Copy the WAL back into the database in the worker (PASSIVE: never blocks)."""
