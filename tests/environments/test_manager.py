@@ -302,6 +302,22 @@ async def test_static_needs_no_provisioning(manager: EnvironmentManager, snapsho
     assert not argocd.requests
 
 
+async def test_a_burst_on_a_new_static_key_counts_every_run_once(
+        manager: EnvironmentManager, snapshot: Snapshot, argocd: FakeArgoCD) -> None:
+    """A static record is written at once: the runs sharing its take are registered before
+    that write, which counts them all (no run takes it a second time)."""
+    results = await asyncio.gather(*(acquire(manager, snapshot, name="staging",
+                                             run_id=f"run-{i}") for i in range(4)))
+    assert {r.instance_id for r in results} == {results[0].instance_id}
+    assert manager.provisionings == 1 and not argocd.requests
+    record = await manager.store.get_environment(results[0].instance_id or "")
+    assert record is not None and (record.state, record.users) == ("running", 4)
+    for acquired in results:
+        await manager.release(acquired, failed=False)
+    record = await manager.store.get_environment(results[0].instance_id or "")
+    assert record is not None and (record.state, record.users) == ("warm", 0)
+
+
 async def test_teardown_of_running_env_waits_for_its_run(
         manager: EnvironmentManager, snapshot: Snapshot, argocd: FakeArgoCD) -> None:
     acquired = await acquire(manager, snapshot)
