@@ -95,7 +95,10 @@ def _ms(values: list[float]) -> dict[str, float]:
 
 
 async def _seed(store: SqliteStore, clock: FakeClock, records: int) -> None:
+    """The records, written together (one transaction: the history of a long-running store,
+    not 1,000 fresh commits whose WAL checkpoint would still be running in the burst)."""
     now = clock.now()
+    envs: list[EnvironmentInstance] = []
     for i in range(records):
         warm = i < WARM
         context = f"pr-{i}" if warm else f"old-{i}"
@@ -105,7 +108,8 @@ async def _seed(store: SqliteStore, clock: FakeClock, records: int) -> None:
             created_at=now - timedelta(seconds=records - i), ttl_minutes=60.0,
             provider_app_name=f"shop-{context}", namespace=f"review-{context}",
             routing={}, last_used_at=now, expires_at=now + timedelta(hours=1))
-        assert await store.insert_environment(env)
+        envs.append(env)
+    assert all(await asyncio.gather(*(store.insert_environment(env) for env in envs)))
 
 
 async def bench(records: int, runs: int) -> dict[str, Any]:
