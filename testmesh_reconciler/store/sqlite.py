@@ -234,7 +234,8 @@ class SqliteStore:
         self._thread: threading.Thread | None = None
         self._closing = False
         self._in_loop = in_loop
-        self._loop_conn: sqlite3.Connection | None = None  # the event loop's connection
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that opened it
+        self._loop_conn: sqlite3.Connection | None = None  # that loop's connection
         self._loop_commits = 0
 
     def __repr__(self) -> str:
@@ -249,6 +250,7 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
         self._closing = False
+        self._loop = loop
         self._thread = threading.Thread(
             target=self._worker, args=(loop, ready), name=f"store:{self.path.name}", daemon=True
         )
@@ -300,7 +302,11 @@ class SqliteStore:
             raise StoreError("the store is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append(_Job(work, mode, loop, future))
+        job = _Job(work, mode, loop, future)
+        if loop is not self._loop:  # another loop (another thread): the worker serializes
+            self._queue.put([job])
+            return await future
+        self._pending.append(job)
         if len(self._pending) == 1:
             loop.call_soon(self._hand_over)
         return await future

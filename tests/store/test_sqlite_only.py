@@ -88,3 +88,17 @@ async def test_jobs_of_one_turn_share_one_transaction(tmp_path: Path,
         assert groups == [10, 1]
     finally:
         await store.close()
+
+
+async def test_another_loop_is_served_by_the_worker(tmp_path: Path) -> None:
+    """A coroutine on another thread's loop never touches the opening loop's connection."""
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    clock = FakeClock()
+    try:
+        env = make_env(clock)
+        stored = await asyncio.to_thread(asyncio.run, store.insert_environment(env))
+        assert stored is True
+        assert await store.get_environment(env.id) == env
+    finally:
+        await store.close()
