@@ -2,7 +2,8 @@
 
 Each server is pinned to core 0 (``taskset -c 0``), ``wrk`` (core 1, 32 connections) posts
 pre-signed pushes with distinct shas (each stored durably with a queued run) and then one
-body over and over (the duplicate path). Prints accepted/s, p99 and the ratio to the peer.
+body over and over (the duplicate path). Prints accepted/s, p99 and the ratio to the peer,
+and the ceiling of the stack: bare aiohttp checking the same HMAC and storing nothing.
 Usage: ``python benchmarks/bench_webhooks.py [--duration 10] [--bodies 60000] [--json]``.
 """
 
@@ -59,6 +60,22 @@ spec:
 }
 SERVE = ("import sys; from testmesh_reconciler.cli_serve import serve_main; "
          "sys.exit(serve_main(sys.argv[1:]))")
+#: The ceiling of the stack on one core: aiohttp checking the same HMAC, storing nothing.
+FLOOR = """
+import hashlib, hmac, sys
+from aiohttp import web
+SECRET = sys.argv[2].encode()
+async def hook(request):
+    body = await request.read()
+    good = hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+    ok = hmac.compare_digest(good, request.headers.get("X-Gitea-Signature", ""))
+    return web.Response(status=202 if ok else 401, body=b'{"ok":true}',
+                        content_type="application/json")
+app = web.Application()
+app.router.add_post("/api/v1/webhooks/gitea", hook)
+app.router.add_get("/", lambda r: web.Response(text="ok"))
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
 
 LUA = """
 local bodies = {%(bodies)s}
@@ -190,6 +207,14 @@ def start_peer(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def start_floor(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    log = open(workdir / "floor.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", FLOOR, str(port),
+                             SECRET], stdout=log, stderr=subprocess.STDOUT)
+    wait_http(f"http://127.0.0.1:{port}/")
+    return proc
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -235,6 +260,15 @@ def main() -> int:
             results["testmesh_check"] = counts.json()["items"][0]["outcome"]
         finally:
             stop(daemon)
+        floor_port = free_port()
+        (work / "floor").mkdir()
+        floor = start_floor(work / "floor", floor_port)
+        try:
+            url = f"http://127.0.0.1:{floor_port}/api/v1/webhooks/gitea"
+            results["floor_distinct"] = run_wrk(url, distinct, args.duration,
+                                                args.connections, args.threads)
+        finally:
+            stop(floor)
         peer = start_peer(work / "peer", peer_port)
         try:
             url = f"http://127.0.0.1:{peer_port}/hooks/gitea"
@@ -251,6 +285,8 @@ def main() -> int:
     for path in ("distinct", "duplicate"):
         ours, theirs = results[f"testmesh_{path}"], results[f"webhook_{path}"]
         results[f"ratio_{path}"] = ours["accepted_per_s"] / max(theirs["accepted_per_s"], 1e-9)
+    results["ratio_floor"] = results["floor_distinct"]["accepted_per_s"] / max(
+        results["webhook_distinct"]["accepted_per_s"], 1e-9)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -262,6 +298,10 @@ def main() -> int:
             print(f"{path:<10} {name:<22} {r['accepted_per_s']:>11.0f} {r['p50_ms']:>8.2f} "
                   f"{r['p99_ms']:>8.2f} {r['non_2xx']:>8}")
         print(f"{path:<10} ratio (ours / webhook): {results[f'ratio_{path}']:.2f}")
+    floor = results["floor_distinct"]
+    print(f"ceiling: bare aiohttp checking the HMAC, storing nothing: "
+          f"{floor['accepted_per_s']:.0f}/s, p99 {floor['p99_ms']:.2f} ms "
+          f"({results['ratio_floor']:.2f}x the peer)")
     return 0
 
 
