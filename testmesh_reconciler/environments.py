@@ -10,7 +10,7 @@ import contextlib
 import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
 
@@ -303,27 +303,35 @@ class _Retry(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Target:
-    """What one acquisition asks for: the declaration, its rendering and the provider."""
+    """What one acquisition asks for: the declaration, its rendering and the provider.
+    ``key`` is the record key (workspace, name, context); ``take_key`` also tells apart
+    renderings that cannot share a take (another provider or Argo CD app)."""
 
     declared: TestEnvironment
     rendered: Rendered
     context: str
     client: ArgoCDClient | None  # None: static, nothing to provision
+    key: EnvKey = field(init=False)
+    take_key: tuple[EnvKey, str, str | None] = field(init=False)
 
-    @property
-    def key(self) -> EnvKey:
-        return (self.declared.workspace, self.declared.name, self.context)
+    def __post_init__(self) -> None:
+        key = (self.declared.workspace, self.declared.name, self.context)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "take_key", (key, self.declared.provider,
+                                              self.rendered.provider_app_name))
 
 
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     """A declaration rendered for one set of trigger variables, with its Argo CD client;
-    valid while the snapshot still holds this very ``declared`` and ``integration``."""
+    valid while the snapshot still holds this very ``declared`` and ``integration``.
+    ``target``: the acquisition target when the context is declared (the same every time)."""
 
     declared: TestEnvironment
     integration: Integration | None
     rendered: Rendered
     client: ArgoCDClient | None
+    target: _Target | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -465,7 +473,7 @@ class EnvironmentManager:
         """``store.take_or_list`` for this acquisition, shared with every acquisition of the
         same key that arrives in the same turn of the event loop: a burst of runs for one
         context costs one store call, which counts them all as users at once."""
-        key = (target.key, target.declared.provider, target.rendered.provider_app_name)
+        key = target.take_key
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[tuple[EnvironmentInstance | None,
                                      list[EnvironmentInstance]]] = loop.create_future()
@@ -603,10 +611,10 @@ class EnvironmentManager:
             self._prepared[key] = prepared
         elif integration is not None:
             self._integrations[(declared.workspace, declared.name)] = integration
-        rendered = prepared.rendered
-        context = rendered.context if rendered.context is not None \
-            else f"{RUN_CONTEXT_PREFIX}{run_id}"
-        return _Target(declared, rendered, context, prepared.client)
+        if prepared.target is not None:
+            return prepared.target
+        return _Target(declared, prepared.rendered, f"{RUN_CONTEXT_PREFIX}{run_id}",
+                       prepared.client)
 
     def _prepare(self, snapshot: Snapshot, declared: TestEnvironment,
                  variables: Mapping[str, str]) -> _Prepared:
@@ -628,7 +636,9 @@ class EnvironmentManager:
             raise EnvironmentUnavailable(
                 f"TestEnvironment {name!r}: provider {declared.provider!r} is not supported "
                 f"(use argocd or static)")
-        return _Prepared(declared, integration, rendered, client)
+        target = None if rendered.context is None \
+            else _Target(declared, rendered, rendered.context, client)
+        return _Prepared(declared, integration, rendered, client, target)
 
     def _integration(self, snapshot: Snapshot, declared: TestEnvironment) -> Integration:
         integration: Integration | None = snapshot.integrations.get(
