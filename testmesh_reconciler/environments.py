@@ -482,7 +482,15 @@ class EnvironmentManager:
             batch = self._takes[key] = []
             loop.call_soon(self._start_take, key)
         batch.append((target, run_id, answer))
-        return await answer
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            # Cancelled after the take counted this run but before it resumed: give it back.
+            if answer.done() and not answer.cancelled() and answer.exception() is None:
+                taken = answer.result()[0]
+                if taken is not None:
+                    self._release_later(_Waiter(target, run_id), taken)
+            raise
 
     def _start_take(self, key: tuple[EnvKey, str, str | None]) -> None:
         batch = self._takes.pop(key)

@@ -81,11 +81,19 @@ async def test_jobs_of_one_turn_share_one_transaction(tmp_path: Path,
 
     monkeypatch.setattr(store, "_run", run)
     try:
+        # Quiet store: the first job of the turn runs at once, the other nine together.
         envs = [make_env(clock, context=f"pr-{i}") for i in range(10)]
         assert all(await asyncio.gather(*(store.insert_environment(e) for e in envs)))
-        assert groups == [10]
+        assert groups == [1, 9]
+        # After a group, a burst is grouped whole; a lone job then waits for its turn's
+        # end once (the last group was a burst), and runs at once after that.
+        envs = [make_env(clock, context=f"pr-{i}") for i in range(10, 20)]
+        assert all(await asyncio.gather(*(store.insert_environment(e) for e in envs)))
         assert not await store.insert_environment(make_env(clock, context="pr-0"))
-        assert groups == [10, 1]
+        assert not await store.insert_environment(make_env(clock, context="pr-1"))
+        assert groups == [1, 9, 10, 1, 1]
+        assert [e.context for e in await store.environments_for_key(
+            "default", "review", "pr-19")] == ["pr-19"]
     finally:
         await store.close()
 
