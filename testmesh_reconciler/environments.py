@@ -468,8 +468,8 @@ class EnvironmentManager:
             f"TestEnvironment {name!r} (context {target.context!r}) kept changing while it was "
             f"acquired (torn down or claimed elsewhere {ACQUIRE_ATTEMPTS} times); run again")
 
-    async def _take_or_list(self, target: _Target, run_id: str) -> tuple[EnvironmentInstance | None,
-                                                             list[EnvironmentInstance]]:
+    async def _take_or_list(self, target: _Target, run_id: str
+                            ) -> tuple[EnvironmentInstance | None, list[EnvironmentInstance]]:
         """``store.take_or_list`` for this acquisition, shared with every acquisition of the
         same key that arrives in the same turn of the event loop: a burst of runs for one
         context costs one store call, which counts them all as users at once."""
@@ -528,7 +528,7 @@ class EnvironmentManager:
         # writes at once, so its runs must register first.
         early = inserted and first.client is not None
         if early:
-            self._flight.start(first.key, lambda: self._provision(provision, first))
+            self._start_provisioning(provision, first)
         for target, run_id, answer in batch:
             if taken is not None:
                 mine = taken if taken.routing == target.rendered.routing \
@@ -540,7 +540,29 @@ class EnvironmentManager:
             elif not answer.done():
                 answer.set_result((None, known))
         if inserted and not early:
-            self._flight.start(first.key, lambda: self._provision(provision, first))
+            self._start_provisioning(provision, first)
+
+    def _start_provisioning(self, instance: EnvironmentInstance, target: _Target) -> None:
+        """Provision a record this manager just inserted, as the key's call in flight. Should
+        another call hold that place (a retry that read the key before the insert), it
+        will wait for this record, so this provisioning runs anyway, on its own."""
+        if target.key not in self._flight:
+            self._flight.start(target.key, lambda: self._provision(instance, target))
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._provision_quietly(instance, target), name=f"environment-provision:{instance.id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _provision_quietly(self, instance: EnvironmentInstance, target: _Target) -> None:
+        try:
+            await self._provision(instance, target)
+        except asyncio.CancelledError:
+            raise
+        except (EnvironmentUnavailable, _Retry):
+            pass  # stored on the record (or lost to a newer write): the waiting runs see it
+        except Exception:
+            _log.exception("environment_provision_crashed", instance=instance.id)
 
     def _new_instance(self, target: _Target, now: datetime) -> EnvironmentInstance:
         """The ``provisioning`` record a new key starts with, leased to a fresh token."""

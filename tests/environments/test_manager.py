@@ -302,6 +302,28 @@ async def test_static_needs_no_provisioning(manager: EnvironmentManager, snapsho
     assert not argocd.requests
 
 
+async def test_an_insert_racing_a_retry_is_still_provisioned(
+        manager: EnvironmentManager, snapshot: Snapshot, argocd: FakeArgoCD,
+        sleeper: Sleeper, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shared take inserts the key's record while another call for the key (a retry that
+    read it empty) is already in flight: that call waits for the record, so the record is
+    provisioned anyway, at once, not after its lease runs out."""
+    target = manager._target(snapshot, "default", "review", PR_VARS, "run-0")
+    take = manager.store.take_or_list
+
+    async def racing_take(*args: Any, **kw: Any) -> Any:
+        manager._flight.start(target.key, lambda: manager._obtain(target, None))
+        return await take(*args, **kw)
+
+    monkeypatch.setattr(manager.store, "take_or_list", racing_take)
+    acquired = await acquire(manager, snapshot)
+    assert argocd.creates[APP] == 1 and manager.provisionings == 1
+    assert sleeper.total < 120  # polls while it provisions, not the 720 s lease
+    record = await manager.store.get_environment(acquired.instance_id or "")
+    assert record is not None and (record.state, record.users) == ("running", 1)
+    await manager.drain()
+
+
 async def test_a_burst_on_a_new_static_key_counts_every_run_once(
         manager: EnvironmentManager, snapshot: Snapshot, argocd: FakeArgoCD) -> None:
     """A static record is written at once: the runs sharing its take are registered before
