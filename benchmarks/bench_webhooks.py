@@ -3,7 +3,8 @@
 Each server is pinned to core 0 (``taskset -c 0``), ``wrk`` (core 1, 32 connections) posts
 pre-signed pushes with distinct shas (each stored durably with a queued run) and then one
 body over and over (the duplicate path). Prints accepted/s, p99 and the ratio to the peer,
-and the ceiling of the stack: bare aiohttp checking the same HMAC and storing nothing.
+the peer running a command per hook (as deployed: a fork per delivery), and the ceiling of
+the stack: bare aiohttp checking the same HMAC and storing nothing.
 Usage: ``python benchmarks/bench_webhooks.py [--duration 10] [--bodies 60000] [--json]``.
 """
 
@@ -194,11 +195,15 @@ def start_daemon(workdir: Path, port: int) -> subprocess.Popen[bytes]:
 
 def start_peer(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     hooks = workdir / "hooks.json"
-    hooks.write_text(json.dumps([{
-        "id": "gitea", "response-message": "accepted",
-        "trigger-rule": {"match": {"type": "payload-hmac-sha256", "secret": SECRET,
-                                   "parameter": {"source": "header",
-                                                 "name": "X-Gitea-Signature"}}}}]), "utf-8")
+    rule = {"match": {"type": "payload-hmac-sha256", "secret": SECRET,
+                      "parameter": {"source": "header", "name": "X-Gitea-Signature"}}}
+    hooks.write_text(json.dumps([
+        {"id": "gitea", "response-message": "accepted", "trigger-rule": rule},
+        # the same hook running a command, as a real deployment does (a fork per delivery)
+        {"id": "gitea-command", "response-message": "accepted", "trigger-rule": rule,
+         "execute-command": shutil.which("true") or "/bin/true",
+         "command-working-directory": str(workdir)},
+    ]), "utf-8")
     log = open(workdir / "webhook.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(["taskset", "-c", "0", "webhook", "-hooks", str(hooks), "-ip",
                              "127.0.0.1", "-port", str(port)], stdout=log,
@@ -276,6 +281,9 @@ def main() -> int:
                                                   args.connections, args.threads)
             results["webhook_duplicate"] = run_wrk(url, duplicate, args.duration,
                                                    args.connections, args.threads)
+            results["webhook_command_distinct"] = run_wrk(
+                f"http://127.0.0.1:{peer_port}/hooks/gitea-command", distinct, args.duration,
+                args.connections, args.threads)
         finally:
             stop(peer)
     if results["testmesh_distinct"]["requests"] > args.bodies:
@@ -285,6 +293,8 @@ def main() -> int:
     for path in ("distinct", "duplicate"):
         ours, theirs = results[f"testmesh_{path}"], results[f"webhook_{path}"]
         results[f"ratio_{path}"] = ours["accepted_per_s"] / max(theirs["accepted_per_s"], 1e-9)
+    results["ratio_command"] = results["testmesh_distinct"]["accepted_per_s"] / max(
+        results["webhook_command_distinct"]["accepted_per_s"], 1e-9)
     results["ratio_floor"] = results["floor_distinct"]["accepted_per_s"] / max(
         results["webhook_distinct"]["accepted_per_s"], 1e-9)
     if args.json:
@@ -298,6 +308,9 @@ def main() -> int:
             print(f"{path:<10} {name:<22} {r['accepted_per_s']:>11.0f} {r['p50_ms']:>8.2f} "
                   f"{r['p99_ms']:>8.2f} {r['non_2xx']:>8}")
         print(f"{path:<10} ratio (ours / webhook): {results[f'ratio_{path}']:.2f}")
+    command = results["webhook_command_distinct"]
+    print(f"peer running a command per hook (a fork each): {command['accepted_per_s']:.0f}/s, "
+          f"p99 {command['p99_ms']:.2f} ms; ours / it: {results['ratio_command']:.2f}")
     floor = results["floor_distinct"]
     print(f"ceiling: bare aiohttp checking the HMAC, storing nothing: "
           f"{floor['accepted_per_s']:.0f}/s, p99 {floor['p99_ms']:.2f} ms "
