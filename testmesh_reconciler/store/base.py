@@ -186,25 +186,6 @@ class Store(Protocol):
         record, or ``None`` when a condition failed (nothing was written).
         """
 
-    async def take_reusable(
-        self,
-        workspace: str,
-        name: str,
-        context: str,
-        routing: Mapping[str, str],
-        now: datetime,
-        *,
-        provider: str,
-        provider_app_name: str | None,
-    ) -> EnvironmentInstance | None:
-        """Find and take the live record for (workspace, name, context) in one atomic
-        update, when a run may use it as it is: the conditions of ``take_environment``,
-        plus the same ``provider`` and ``provider_app_name`` (else the declaration changed)
-        and, for a ``warm`` / ``cooling`` record, a TTL not elapsed at ``now``
-        (``now < COALESCE(last_used_at, created_at) + TTL``). The record is written as by
-        ``take_environment``. ``None`` (nothing written) sends the caller to the slow path.
-        """
-
     async def take_or_list(
         self,
         workspace: str,
@@ -218,7 +199,12 @@ class Store(Protocol):
         users: int = 1,
         provision: EnvironmentInstance | None = None,
     ) -> tuple[EnvironmentInstance | None, list[EnvironmentInstance]]:
-        """``take_reusable`` for ``users`` runs at once and, when it takes nothing,
+        """Find and take the live record for (workspace, name, context) for ``users`` runs
+        in one atomic update, when a run may use it as it is: the conditions of
+        ``take_environment``, plus the same ``provider`` and ``provider_app_name`` (else the
+        declaration changed) and, for a ``warm`` / ``cooling`` record, a TTL not elapsed at
+        ``now`` (``now < COALESCE(last_used_at, created_at) + TTL``). The record is written
+        as by ``take_environment``, with ``users + users``. When that takes nothing,
         ``environments_for_key`` in the same transaction: ``(taken, [])`` or ``(None,
         records of the key)``, so a miss costs one call instead of two.
 
@@ -231,7 +217,7 @@ class Store(Protocol):
         self, workspace: str, name: str, context: str
     ) -> list[EnvironmentInstance]:
         """Every record of (workspace, name, context) that is not destroyed, newest first:
-        the live one (as ``find_reusable`` finds it) and those with a teardown requested,
+        the live one (as ``take_or_list`` takes it) and those with a teardown requested,
         in one read."""
 
     async def expired_environments(self, now: datetime) -> list[EnvironmentInstance]:

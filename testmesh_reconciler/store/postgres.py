@@ -181,7 +181,7 @@ LIMIT 1
 FOR UPDATE OF r SKIP LOCKED
 """
 
-# The live record of a key, taken when a run may use it as it is (take_reusable): one
+# The live record of a key, taken when a run may use it as it is (take_or_list): one
 # conditional UPDATE (at most one row: the unique index) whose row lock orders it against
 # racing replicas, which re-check the conditions.
 _TAKE_REUSABLE_SQL = (
@@ -202,21 +202,6 @@ _FOR_KEY_SQL = (
     f"SELECT {ENVIRONMENTS.select} FROM environments WHERE workspace = %s AND name = %s "
     "AND context = %s AND state <> 'destroyed' ORDER BY created_at DESC, id DESC"
 )
-
-
-def _take_reusable_params(
-    workspace: str,
-    name: str,
-    context: str,
-    routing: Mapping[str, str],
-    now: datetime,
-    provider: str,
-    provider_app_name: str | None,
-    users: int = 1,
-) -> tuple[Any, ...]:
-    now = _now(now)
-    return (users, now, now, _json(dict(routing)), workspace, name, context, provider,
-            provider_app_name, now, now)  # fmt: skip
 
 
 # The oldest queued entry of each (repo, sha, context) group, once it is due and nobody holds
@@ -733,24 +718,6 @@ class PostgresStore:
         found = await self._select(ENVIRONMENTS, sql, params)
         return found[0] if found else None
 
-    async def take_reusable(
-        self,
-        workspace: str,
-        name: str,
-        context: str,
-        routing: Mapping[str, str],
-        now: datetime,
-        *,
-        provider: str,
-        provider_app_name: str | None,
-    ) -> EnvironmentInstance | None:
-        """One conditional UPDATE on the live key (at most one row: the unique index); its
-        row lock orders it against racing replicas, which re-check the conditions."""
-        params = _take_reusable_params(workspace, name, context, routing, now, provider,
-                                       provider_app_name)  # fmt: skip
-        found = await self._select(ENVIRONMENTS, _TAKE_REUSABLE_SQL, params)
-        return found[0] if found else None
-
     async def take_or_list(
         self,
         workspace: str,
@@ -764,12 +731,15 @@ class PostgresStore:
         users: int = 1,
         provision: EnvironmentInstance | None = None,
     ) -> tuple[EnvironmentInstance | None, list[EnvironmentInstance]]:
-        """``take_reusable``'s UPDATE and the key's read, pipelined in one transaction (one
+        """The take (one conditional UPDATE on the live key, at most one row: the unique
+        index; its row lock orders it against racing replicas, which re-check the
+        conditions) and the key's read, pipelined in one transaction (one
         exchange with the server); the read is answered only when the UPDATE took nothing.
         A key with no record at all then gets ``provision`` (a second exchange); should
         another replica insert first (the live key's unique index), its record is listed."""
-        params = _take_reusable_params(workspace, name, context, routing, now, provider,
-                                       provider_app_name, users)  # fmt: skip
+        at = _now(now)
+        params = (users, at, at, _json(dict(routing)), workspace, name, context, provider,
+                  provider_app_name, at, at)  # fmt: skip
         key = (workspace, name, context)
         async with self._tx(pipeline=True) as conn:
             taken = await conn.execute(_TAKE_REUSABLE_SQL, params)

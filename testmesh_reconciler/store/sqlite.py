@@ -714,25 +714,6 @@ class SqliteStore:
         found = await self._call(partial(_select, ENVIRONMENTS, _TAKE_SQL, params), "write")
         return found[0] if found else None
 
-    async def take_reusable(
-        self,
-        workspace: str,
-        name: str,
-        context: str,
-        routing: Mapping[str, str],
-        now: datetime,
-        *,
-        provider: str,
-        provider_app_name: str | None,
-    ) -> EnvironmentInstance | None:
-        now_us = to_us(now)
-        params = [1, now_us, now_us, _dumps(dict(routing)), workspace, name, context, provider,
-                  provider_app_name, now_us, now_us]  # fmt: skip
-        found = await self._call(
-            partial(_select, ENVIRONMENTS, _TAKE_REUSABLE_SQL, params), "write"
-        )
-        return found[0] if found else None
-
     async def take_or_list(
         self,
         workspace: str,
@@ -1217,8 +1198,8 @@ def _take_or_list(
     conn: sqlite3.Connection,
     tx: _Tx,
 ) -> tuple[EnvironmentInstance | None, list[EnvironmentInstance]]:
-    """take_reusable, else the key's records, or ``provision`` inserted when it has none;
-    in the caller's transaction."""
+    """Take the key's usable record, else list the key's records, or insert ``provision``
+    when it has none; in the caller's transaction."""
     taken = _select(ENVIRONMENTS, _TAKE_REUSABLE_SQL, take, conn, tx)
     if taken:
         return taken[0], []

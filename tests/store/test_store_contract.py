@@ -655,13 +655,15 @@ async def test_take_environment_in_one_update(store: Store, clock: FakeClock) ->
     assert await store.take_environment(EnvironmentId(new_id()), routing, clock.now()) is None
 
 
-async def test_take_reusable_finds_and_takes_in_one_update(store: Store, clock: FakeClock) -> None:
+async def test_take_or_list_finds_and_takes_in_one_update(store: Store,
+                                                         clock: FakeClock) -> None:
     routing = {"user-service": "http://users.pr-1:8080"}
     app = {"provider": "argocd", "provider_app_name": "shop-pr-1"}
 
     async def take(context: str = "pr-1", **kw: Any) -> EnvironmentInstance | None:
-        return await store.take_reusable("default", "review", context, routing, clock.now(),
-                                         **{**app, **kw})  # fmt: skip
+        taken, _ = await store.take_or_list("default", "review", context, routing,
+                                            clock.now(), **{**app, **kw})  # fmt: skip
+        return taken
 
     assert await take() is None  # no record at all
     env = make_env(clock)
