@@ -15,7 +15,6 @@ import signal
 from collections.abc import Mapping
 from typing import cast
 
-import httpx
 from aiohttp import web
 
 from testmesh_reconciler import secrets
@@ -23,7 +22,7 @@ from testmesh_reconciler.errors import TestmeshError, UsageError
 from testmesh_reconciler.log import configure_logging, get_logger
 from testmesh_reconciler.metrics import Metrics
 from testmesh_reconciler.reload import ConfigSource, Reloader
-from testmesh_reconciler.services import Pingable, Services
+from testmesh_reconciler.services import Pingable, Services, new_http_client
 from testmesh_reconciler.settings import Settings
 from testmesh_reconciler.sources.git import GitSource, is_local_git_repo, looks_like_git_url
 from testmesh_reconciler.sources.watch import DirectorySource
@@ -41,8 +40,6 @@ from testmesh_reconciler.web.app import create_app
 from testmesh_reconciler.web.pages import add_page_routes, page_state_of
 
 log = get_logger("testmesh.daemon")
-
-HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
 def build_source(settings: Settings, environ: Mapping[str, str]) -> ConfigSource:
@@ -84,7 +81,7 @@ def build_services(settings: Settings, environ: Mapping[str, str], *,
                         metrics=metrics, open_secret=opener)
     return Services(state=state, metrics=metrics, clock=clock, reloader=reloader,
                     store=_build_store(settings),
-                    http=httpx.AsyncClient(timeout=HTTP_TIMEOUT, follow_redirects=False))
+                    http=new_http_client())
 
 
 def _age(state: StateHolder, clock: Clock) -> float:

@@ -21,6 +21,16 @@ from testmesh_reconciler.store.clock import Clock, SystemClock
 StatusProvider = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
+#: Outbound calls of the daemon (Gitea statuses, Argo CD): 10 s to connect, 30 s in all.
+HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+def new_http_client() -> httpx.AsyncClient:
+    """The daemon's outbound HTTP client (``Services.http``): redirects are not followed, so a
+    token never goes to a host the integration did not name."""
+    return httpx.AsyncClient(timeout=HTTP_TIMEOUT, follow_redirects=False)
+
+
 @runtime_checkable
 class Pingable(Protocol):
     """What the web layer needs of the runtime store: open, close, and a readiness ping."""

@@ -27,15 +27,13 @@ from testmesh_reconciler.outbox import (
     outbox_loop,
     status_provider,
 )
-from testmesh_reconciler.services import Services
+from testmesh_reconciler.services import Services, new_http_client
 from testmesh_reconciler.statuses import ClientFor
 from testmesh_reconciler.store.base import Store
 from testmesh_reconciler.web import SERVICES, SETTINGS
 from testmesh_reconciler.web.app import add_loop, add_status_provider
 
 log = get_logger("testmesh.web.outbox")
-
-HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
 @dataclass(slots=True)
@@ -62,7 +60,7 @@ class OutboxSender:
         if self.services.http is not None:
             return self.services.http
         if self.own_http is None:
-            self.own_http = httpx.AsyncClient(timeout=HTTP_TIMEOUT, follow_redirects=False)
+            self.own_http = new_http_client()
         return self.own_http
 
     def client_for(self) -> ClientFor:
