@@ -135,12 +135,8 @@ class Entry:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeGitea]:
-    server = FakeGitea(token=TOKEN)
-    await server.start()
-    try:
+    async with FakeGitea(token=TOKEN) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

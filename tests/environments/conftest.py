@@ -111,10 +111,8 @@ class Sleeper:
 
 @pytest.fixture
 async def argocd() -> AsyncIterator[FakeArgoCD]:
-    fake = FakeArgoCD(token=TOKEN)
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with FakeArgoCD(token=TOKEN) as fake:
+        yield fake
     fake.assert_no_violations()
 
 

@@ -37,10 +37,8 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 
 @pytest.fixture
 async def argocd() -> AsyncIterator[FakeArgoCD]:
-    fake = FakeArgoCD(token=TOKEN)
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with FakeArgoCD(token=TOKEN) as fake:
+        yield fake
     fake.assert_no_violations()
 
 

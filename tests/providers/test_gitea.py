@@ -60,12 +60,8 @@ class RetryAfterGitea(FakeGitea):
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeGitea]:
-    server = RetryAfterGitea(token=TOKEN)
-    await server.start()
-    try:
+    async with RetryAfterGitea(token=TOKEN) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture

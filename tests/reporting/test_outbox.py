@@ -66,10 +66,8 @@ class FakeSleep:
 
 @pytest.fixture
 async def gitea() -> AsyncIterator[FakeGitea]:
-    fake = FakeGitea(token=TOKEN)
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with FakeGitea(token=TOKEN) as fake:
+        yield fake
 
 
 @pytest.fixture

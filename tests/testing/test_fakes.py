@@ -68,10 +68,8 @@ def status_body(
 
 @pytest.fixture
 async def gitea() -> AsyncIterator[FakeGitea]:
-    fake = FakeGitea(token="t0k3n")
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with FakeGitea(token="t0k3n") as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -82,10 +80,8 @@ async def gitea_client(gitea: FakeGitea) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def argocd() -> AsyncIterator[FakeArgoCD]:
-    fake = FakeArgoCD(token="argo-t0k3n")
-    await fake.start()
-    yield fake
-    await fake.stop()
+    async with FakeArgoCD(token="argo-t0k3n") as fake:
+        yield fake
 
 
 @pytest.fixture
