@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
@@ -493,11 +493,8 @@ class EnvironmentManager:
             raise
 
     def _start_take(self, key: tuple[EnvKey, str, str | None]) -> None:
-        batch = self._takes.pop(key)
-        task = asyncio.get_running_loop().create_task(
-            self._take_batch(batch), name=f"environment-take:{key[0]}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._in_background(self._take_batch(self._takes.pop(key)),
+                            f"environment-take:{key[0]}", "environment_take_crashed")
 
     async def _take_batch(self, batch: list[_Taking]) -> None:
         """One store call for ``batch`` (same key); a miss on a key with no record inserts
@@ -549,20 +546,29 @@ class EnvironmentManager:
         if target.key not in self._flight:
             self._flight.start(target.key, lambda: self._provision(instance, target))
             return
-        task = asyncio.get_running_loop().create_task(
-            self._provision_quietly(instance, target), name=f"environment-provision:{instance.id}")
+        # A failure is stored on the record (or lost to a newer write): the runs see it.
+        self._in_background(self._provision(instance, target),
+                            f"environment-provision:{instance.id}",
+                            "environment_provision_crashed", instance=instance.id,
+                            expected=(EnvironmentUnavailable, _Retry))
+
+    def _in_background(self, work: Coroutine[Any, Any, Any], name: str, crashed: str, *,
+                       expected: tuple[type[Exception], ...] = (), **fields: Any) -> None:
+        """Run ``work`` as a task of this manager (``drain`` waits for it, ``aclose`` cancels
+        it); an ``expected`` exception ends it quietly, any other is logged as ``crashed``."""
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except expected:
+                pass
+            except Exception:
+                _log.exception(crashed, **fields)
+
+        task = asyncio.get_running_loop().create_task(guarded(), name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _provision_quietly(self, instance: EnvironmentInstance, target: _Target) -> None:
-        try:
-            await self._provision(instance, target)
-        except asyncio.CancelledError:
-            raise
-        except (EnvironmentUnavailable, _Retry):
-            pass  # stored on the record (or lost to a newer write): the waiting runs see it
-        except Exception:
-            _log.exception("environment_provision_crashed", instance=instance.id)
 
     def _new_instance(self, target: _Target, now: datetime) -> EnvironmentInstance:
         """The ``provisioning`` record a new key starts with, leased to a fresh token."""
@@ -601,18 +607,9 @@ class EnvironmentManager:
         _log.info("environment_waiter_gone", instance=taken.id, run_id=waiter.run_id)
         acquired = Acquired(taken.id, dict(taken.routing), taken.name,
                             waiter.target.rendered.context)
-        task = asyncio.get_running_loop().create_task(
-            self._release_quietly(acquired), name=f"environment-release:{taken.id}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _release_quietly(self, acquired: Acquired) -> None:
-        try:
-            await self.release(acquired, failed=False)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            _log.exception("environment_release_crashed", instance=acquired.instance_id)
+        self._in_background(self.release(acquired, failed=False),
+                            f"environment-release:{taken.id}", "environment_release_crashed",
+                            instance=taken.id)
 
     def _acquired(self, target: _Target, taken: EnvironmentInstance, run_id: str) -> Acquired:
         _log.info("environment_acquired", environment=taken.name, workspace=taken.workspace,
@@ -948,19 +945,9 @@ class EnvironmentManager:
         found = await self.store.get_environment(instance_id)
         if found is None or found.state == "destroyed":
             return found
-        task = asyncio.get_running_loop().create_task(self._teardown_quietly(instance_id),
-                                                      name=f"environment-teardown:{instance_id}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._in_background(self.teardown(instance_id), f"environment-teardown:{instance_id}",
+                            "environment_teardown_crashed", instance=instance_id)
         return found
-
-    async def _teardown_quietly(self, instance_id: str) -> None:
-        try:
-            await self.teardown(instance_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            _log.exception("environment_teardown_crashed", instance=instance_id)
 
     async def drain(self) -> None:
         """Wait for the teardowns ``request_teardown`` started."""
