@@ -10,8 +10,6 @@ import collections
 import hashlib
 import hmac
 import json
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +24,7 @@ from aiohttp import web
 
 from testmesh_reconciler.demo.standin import GiteaStandIn
 from tests.daemon.conftest import Daemon, start_daemon
-from tests.daemon.repo import SECRET_ENV
+from tests.daemon.repo import SECRET_ENV, ConfigRepo
 from tests.pg import pg_cluster, pg_dsn
 
 __all__ = ["pg_cluster", "pg_dsn", "start_daemon"]  # fixtures for this directory
@@ -36,8 +34,6 @@ HOOK = SECRET_ENV["TM_TEST_GITEA_HOOK"]
 CONFIG_HOOK = "config-hook-secret"
 QUICK_REPO = "acme/quick"
 SLOW_REPO = "acme/slow"
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost"}
 
 
 # -- local services ---------------------------------------------------------------------
@@ -185,33 +181,11 @@ spec:
     return files
 
 
-@dataclass
-class ConfigRepo:
-    path: Path
-
-    def git(self, *args: str) -> str:
-        return subprocess.run(["git", "-C", str(self.path), *args], check=True,
-                              capture_output=True, text=True,
-                              env={**os.environ, **GIT_ENV}).stdout.strip()
-
-    def commit(self, files: dict[str, str], message: str) -> str:
-        for name, text in files.items():
-            (self.path / name).write_text(text)
-        self.git("add", "-A")
-        self.git("commit", "-q", "-m", message)
-        return self.git("rev-parse", "HEAD")
-
-    @property
-    def head(self) -> str:
-        return self.git("rev-parse", "HEAD")
-
-
 @pytest.fixture
 def config_repo(tmp_path: Path, services: Services) -> ConfigRepo:
     repo = ConfigRepo(tmp_path / "config-repo")
-    repo.path.mkdir()
-    repo.git("init", "-q", "-b", "main")
-    repo.commit(config_files(services.service_url, services.sink_url), "initial")
+    repo.write_many(config_files(services.service_url, services.sink_url))
+    repo.commit("initial")
     return repo
 
 

@@ -101,7 +101,7 @@ async def test_every_delivery_runs_once_across_three_replicas(
     assert len(rows) == DELIVERIES
     assert {r[0] for r in rows} == set(shas)
     assert Counter(r[1] for r in rows) == {"completed": DELIVERIES}
-    assert {r[2] for r in rows} == {config_repo.head}  # the revision each run used
+    assert {r[2] for r in rows} == {config_repo.head()}  # the revision each run used
     assert {r[3] for r in rows} == set(cluster.names)  # the work was shared
     assert all(services.service.count(sha) == 1 for sha in shas), "a step ran twice"
     finals = services.finals()
@@ -152,7 +152,7 @@ async def test_sigkilled_replica_runs_are_finished_by_the_others(
 async def test_config_push_on_one_replica_reloads_all(
         start_replicas: StartReplicas, config_repo: ConfigRepo, services: Services) -> None:
     cluster = start_replicas(3)
-    first = config_repo.head
+    first = config_repo.head()
     for daemon in cluster.daemons:
         status = daemon.status()
         assert status["revision"] == first
@@ -161,7 +161,8 @@ async def test_config_push_on_one_replica_reloads_all(
     cluster.wait(lambda: {r["name"] for r in cluster.daemons[1].status()["replicas"]}
                  == set(cluster.names), "three replicas listed", 10)
 
-    second = config_repo.commit({"extra.yaml": "# a comment-only file\n"}, "second")
+    config_repo.write("extra.yaml", "# a comment-only file\n")
+    second = config_repo.commit("second")
     body = json.dumps({"ref": "refs/heads/main", "after": second}).encode()
     answer = cluster.daemons[0].http.post(
         "/api/v1/webhooks/config", content=body,
