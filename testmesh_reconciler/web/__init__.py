@@ -42,26 +42,32 @@ async def read_capped_body(request: web.Request, limit: int) -> bytes:
     """The raw body, read in chunks; over ``limit`` bytes -> ``WebhookRejected(413)``.
 
     A declared ``Content-Length`` above the cap is refused before reading anything."""
-    too_large = WebhookRejected(413, f"body larger than {limit} bytes (--max-body-bytes)")
     declared = request.content_length
     if declared is not None and declared > limit:
-        raise too_large
+        raise _too_large(limit)
+    # A plain body of the declared length is whole once that many bytes are in: no read
+    # to wait for the end. (A decoded one has another length than the declared one.)
+    whole = declared if "Content-Encoding" not in request.headers else None
     chunks: list[bytes] = []
     size = 0
     try:
-        while True:
+        while size != whole:
             chunk = await request.content.read(CHUNK)
             if not chunk:
                 break
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise _too_large(limit)
             chunks.append(chunk)
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise _too_large(limit) from None
     except (ConnectionError, OSError) as exc:
         raise WebhookRejected(400, f"could not read the request body: {exc}") from None
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> WebhookRejected:
+    return WebhookRejected(413, f"body larger than {limit} bytes (--max-body-bytes)")
 
 
 __all__ = ["CONFIG_BROADCASTS", "SERVICES", "SETTINGS", "STATUS_PROVIDERS", "TASKS", "error_json",
