@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from testmesh_reconciler.log import get_logger
 from testmesh_reconciler.store import tables
 from testmesh_reconciler.store.base import OutboxFor, StoreError
 from testmesh_reconciler.store.records import (
@@ -147,6 +148,8 @@ def migrations(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, str]]:
     return found
 
 
+log = get_logger("testmesh.store.sqlite")
+
 # -- the worker -------------------------------------------------------------------------
 
 Mode = Literal["read", "write", "own"]
@@ -240,6 +243,7 @@ class SqliteStore:
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop that opened it
         self._loop_conn: sqlite3.Connection | None = None  # that loop's connection
         self._loop_commits = 0
+        self._checkpointing = False  # a WAL checkpoint is queued or running in the worker
         #: Jobs in the last group, and whether this turn already ran one at once (a job
         #: runs at once only on a quiet store: bursts are served better by group commit).
         self._last_group = 0
@@ -358,10 +362,24 @@ class SqliteStore:
                 self._checkpoint(chunk[0].loop)
 
     def _checkpoint(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Copy the WAL back into the database in the worker (PASSIVE: never blocks)."""
+        """Copy the WAL back into the database in the worker (PASSIVE: never blocks).
+
+        One at a time: while the worker is still copying (or waiting behind a lock held
+        elsewhere), another would only compete with the loop for the CPU."""
+        if self._checkpointing:
+            return
+        self._checkpointing = True
         future: asyncio.Future[Any] = loop.create_future()
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # logged by none
+        future.add_done_callback(self._checkpoint_done)
         self._queue.put([_Job(_wal_checkpoint, "own", loop, future)])
+
+    def _checkpoint_done(self, future: asyncio.Future[Any]) -> None:
+        self._checkpointing = False
+        error = None if future.cancelled() else future.exception()
+        if error is not None:  # the WAL only grows until one succeeds: say so
+            log.warning("wal_checkpoint_failed", path=f"{self.path}-wal", error=str(error),
+                        hint=f"the file grows until a checkpoint succeeds; the next try "
+                             f"comes after {CHECKPOINT_EVERY} more commits")
 
     def _connect(self, *, busy_timeout_ms: int | None = None,
                  autocheckpoint: bool = True) -> sqlite3.Connection:

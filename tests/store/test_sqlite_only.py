@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from testmesh_reconciler.store import FakeClock, SqliteStore
 from testmesh_reconciler.store import sqlite as sqlite_store
@@ -60,7 +61,8 @@ async def test_checkpoints_run_in_the_worker(tmp_path: Path,
     try:
         for i in range(4):  # four turns, four transactions on the loop's connection
             assert await store.insert_environment(make_env(clock, context=f"pr-{i}"))
-        await store.migrate()  # runs in the worker after the checkpoints queued before it
+            if i % 2:  # runs in the worker after the checkpoint queued before it
+                await store.migrate()
         assert threads == ["store:store.sqlite3"] * 2
         assert threading.current_thread().name not in threads
     finally:
@@ -109,4 +111,61 @@ async def test_another_loop_is_served_by_the_worker(tmp_path: Path) -> None:
         assert stored is True
         assert await store.get_environment(env.id) == env
     finally:
+        await store.close()
+
+
+async def test_a_failed_checkpoint_is_logged_and_the_next_one_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def checkpoint(conn: sqlite3.Connection, tx: sqlite_store._Tx) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 2)
+    monkeypatch.setattr(sqlite_store, "_wal_checkpoint", checkpoint)
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    clock = FakeClock()
+    try:
+        with capture_logs() as logs:
+            for i in range(4):
+                assert await store.insert_environment(make_env(clock, context=f"pr-{i}"))
+                await store.migrate()  # the worker has run the checkpoint queued before
+        assert len(calls) == 2
+        failed = [e for e in logs if e["event"] == "wal_checkpoint_failed"]
+        assert len(failed) == 1 and failed[0]["log_level"] == "warning"
+        assert failed[0]["error"] == "disk I/O error"
+        assert failed[0]["path"] == f"{tmp_path / 'store.sqlite3'}-wal"
+        assert "after 2 more commits" in failed[0]["hint"]
+    finally:
+        await store.close()
+
+
+async def test_one_checkpoint_at_a_time(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow_checkpoint(conn: sqlite3.Connection, tx: sqlite_store._Tx) -> None:
+        calls.append(1)
+        release.wait(10)
+
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(sqlite_store, "_wal_checkpoint", slow_checkpoint)
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    clock = FakeClock()
+    try:
+        for i in range(5):  # five commits on the loop; the first checkpoint is still running
+            assert await store.insert_environment(make_env(clock, context=f"pr-{i}"))
+        release.set()
+        await store.migrate()  # behind the checkpoint in the worker's queue
+        assert calls == [1]
+        assert await store.insert_environment(make_env(clock, context="after"))
+        await store.migrate()
+        assert calls == [1, 1]  # the next commit queued the next one
+    finally:
+        release.set()
         await store.close()
