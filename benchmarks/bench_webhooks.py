@@ -3,8 +3,9 @@
 Each server is pinned to core 0 (``taskset -c 0``), ``wrk`` (core 1, 32 connections) posts
 pre-signed pushes with distinct shas (each stored durably with a queued run) and then one
 body over and over (the duplicate path). Prints accepted/s, p99 and the ratio to the peer,
-the peer running a command per hook (as deployed: a fork per delivery), and the ceiling of
-the stack: bare aiohttp checking the same HMAC and storing nothing.
+the peer running a command per hook (as deployed: a fork per delivery), and two ceilings of
+the stack: bare aiohttp checking the same HMAC and storing nothing, and the same storing
+one row per delivery in SQLite with group commit (the least a durable receiver does).
 Usage: ``python benchmarks/bench_webhooks.py [--duration 10] [--bodies 60000] [--json]``.
 """
 
@@ -72,6 +73,44 @@ async def hook(request):
     ok = hmac.compare_digest(good, request.headers.get("X-Gitea-Signature", ""))
     return web.Response(status=202 if ok else 401, body=b'{"ok":true}',
                         content_type="application/json")
+app = web.Application()
+app.router.add_post("/api/v1/webhooks/gitea", hook)
+app.router.add_get("/", lambda r: web.Response(text="ok"))
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+#: The ceiling of any durable Python receiver on this stack: the same, plus one row per
+#: delivery (its id, digest and body) in a SQLite WAL table without secondary indexes,
+#: committed once per turn of the event loop (group commit) before the answers go out.
+DURABLE_FLOOR = """
+import asyncio, hashlib, hmac, os, sqlite3, sys
+from aiohttp import web
+SECRET = sys.argv[2].encode()
+db = sqlite3.connect(sys.argv[3], isolation_level=None, check_same_thread=False)
+db.execute("PRAGMA journal_mode = WAL")
+db.execute("PRAGMA synchronous = NORMAL")
+db.execute("CREATE TABLE IF NOT EXISTS d (seq INTEGER PRIMARY KEY, id BLOB, digest TEXT,"
+           " body BLOB)")
+pending = []
+def commit():
+    rows = [row for row, _ in pending]
+    waiters = [fut for _, fut in pending]
+    pending.clear()
+    db.execute("BEGIN IMMEDIATE")
+    db.executemany("INSERT INTO d (id, digest, body) VALUES (?, ?, ?)", rows)
+    db.execute("COMMIT")
+    for fut in waiters:
+        fut.set_result(None)
+async def hook(request):
+    body = await request.read()
+    good = hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(good, request.headers.get("X-Gitea-Signature", "")):
+        return web.Response(status=401)
+    fut = asyncio.get_running_loop().create_future()
+    if not pending:
+        asyncio.get_running_loop().call_soon(commit)
+    pending.append(((os.urandom(16), hashlib.sha256(body).hexdigest(), body), fut))
+    await fut
+    return web.Response(status=202, body=b'{"ok":true}', content_type="application/json")
 app = web.Application()
 app.router.add_post("/api/v1/webhooks/gitea", hook)
 app.router.add_get("/", lambda r: web.Response(text="ok"))
@@ -212,10 +251,13 @@ def start_peer(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_floor(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_floor(workdir: Path, port: int, *, durable: bool = False
+                ) -> subprocess.Popen[bytes]:
     log = open(workdir / "floor.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", FLOOR, str(port),
-                             SECRET], stdout=log, stderr=subprocess.STDOUT)
+    code = DURABLE_FLOOR if durable else FLOOR
+    proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-c", code, str(port),
+                             SECRET, str(workdir / "floor.sqlite3")], stdout=log,
+                            stderr=subprocess.STDOUT)
     wait_http(f"http://127.0.0.1:{port}/")
     return proc
 
@@ -274,6 +316,15 @@ def main() -> int:
                                                 args.connections, args.threads)
         finally:
             stop(floor)
+        (work / "durable").mkdir()
+        floor_port = free_port()
+        floor = start_floor(work / "durable", floor_port, durable=True)
+        try:
+            url = f"http://127.0.0.1:{floor_port}/api/v1/webhooks/gitea"
+            results["durable_floor_distinct"] = run_wrk(url, distinct, args.duration,
+                                                        args.connections, args.threads)
+        finally:
+            stop(floor)
         peer = start_peer(work / "peer", peer_port)
         try:
             url = f"http://127.0.0.1:{peer_port}/hooks/gitea"
@@ -297,6 +348,8 @@ def main() -> int:
         results["webhook_command_distinct"]["accepted_per_s"], 1e-9)
     results["ratio_floor"] = results["floor_distinct"]["accepted_per_s"] / max(
         results["webhook_distinct"]["accepted_per_s"], 1e-9)
+    results["ratio_durable_floor"] = results["durable_floor_distinct"]["accepted_per_s"] / max(
+        results["webhook_distinct"]["accepted_per_s"], 1e-9)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -315,6 +368,10 @@ def main() -> int:
     print(f"ceiling: bare aiohttp checking the HMAC, storing nothing: "
           f"{floor['accepted_per_s']:.0f}/s, p99 {floor['p99_ms']:.2f} ms "
           f"({results['ratio_floor']:.2f}x the peer)")
+    durable = results["durable_floor_distinct"]
+    print(f"ceiling of a durable receiver: the same plus one row per delivery in SQLite "
+          f"(group commit): {durable['accepted_per_s']:.0f}/s, p99 {durable['p99_ms']:.2f} ms "
+          f"({results['ratio_durable_floor']:.2f}x the peer)")
     return 0
 
 
