@@ -307,24 +307,16 @@ def main() -> int:
             results["testmesh_check"] = counts.json()["items"][0]["outcome"]
         finally:
             stop(daemon)
-        floor_port = free_port()
-        (work / "floor").mkdir()
-        floor = start_floor(work / "floor", floor_port)
-        try:
-            url = f"http://127.0.0.1:{floor_port}/api/v1/webhooks/gitea"
-            results["floor_distinct"] = run_wrk(url, distinct, args.duration,
-                                                args.connections, args.threads)
-        finally:
-            stop(floor)
-        (work / "durable").mkdir()
-        floor_port = free_port()
-        floor = start_floor(work / "durable", floor_port, durable=True)
-        try:
-            url = f"http://127.0.0.1:{floor_port}/api/v1/webhooks/gitea"
-            results["durable_floor_distinct"] = run_wrk(url, distinct, args.duration,
-                                                        args.connections, args.threads)
-        finally:
-            stop(floor)
+        for name, durable in (("floor", False), ("durable_floor", True)):
+            (work / name).mkdir()
+            floor_port = free_port()
+            floor = start_floor(work / name, floor_port, durable=durable)
+            try:
+                url = f"http://127.0.0.1:{floor_port}/api/v1/webhooks/gitea"
+                results[f"{name}_distinct"] = run_wrk(url, distinct, args.duration,
+                                                      args.connections, args.threads)
+            finally:
+                stop(floor)
         peer = start_peer(work / "peer", peer_port)
         try:
             url = f"http://127.0.0.1:{peer_port}/hooks/gitea"

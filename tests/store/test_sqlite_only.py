@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,19 @@ async def test_a_lock_held_elsewhere_is_waited_for_off_the_loop(tmp_path: Path) 
         await store.close()
 
 
+Checkpoint = Callable[[sqlite3.Connection, sqlite_store._Tx], None]
+
+
+async def open_with_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               checkpoint: Checkpoint, *, every: int) -> SqliteStore:
+    """An open store whose loop queues ``checkpoint`` after every ``every`` commits."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", every)
+    monkeypatch.setattr(sqlite_store, "_wal_checkpoint", checkpoint)
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    return store
+
+
 async def test_checkpoints_run_in_the_worker(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[str] = []
@@ -53,10 +67,7 @@ async def test_checkpoints_run_in_the_worker(tmp_path: Path,
         threads.append(threading.current_thread().name)
         real(conn, tx)
 
-    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 2)
-    monkeypatch.setattr(sqlite_store, "_wal_checkpoint", checkpoint)
-    store = SqliteStore(tmp_path / "store.sqlite3")
-    await store.open()
+    store = await open_with_checkpoint(tmp_path, monkeypatch, checkpoint, every=2)
     clock = FakeClock()
     try:
         for i in range(4):  # four turns, four transactions on the loop's connection
@@ -123,10 +134,7 @@ async def test_a_failed_checkpoint_is_logged_and_the_next_one_runs(
         if len(calls) == 1:
             raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 2)
-    monkeypatch.setattr(sqlite_store, "_wal_checkpoint", checkpoint)
-    store = SqliteStore(tmp_path / "store.sqlite3")
-    await store.open()
+    store = await open_with_checkpoint(tmp_path, monkeypatch, checkpoint, every=2)
     clock = FakeClock()
     try:
         with capture_logs() as logs:
@@ -152,10 +160,7 @@ async def test_one_checkpoint_at_a_time(tmp_path: Path,
         calls.append(1)
         release.wait(10)
 
-    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 1)
-    monkeypatch.setattr(sqlite_store, "_wal_checkpoint", slow_checkpoint)
-    store = SqliteStore(tmp_path / "store.sqlite3")
-    await store.open()
+    store = await open_with_checkpoint(tmp_path, monkeypatch, slow_checkpoint, every=1)
     clock = FakeClock()
     try:
         for i in range(5):  # five commits on the loop; the first checkpoint is still running
