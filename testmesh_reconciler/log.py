@@ -7,7 +7,6 @@ named like token/secret/password/authorization, never reach a log line.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 import sys
@@ -17,6 +16,7 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from testmesh_reconciler.jsontext import encoder
 from testmesh_reconciler.secretvalue import SecretValue
 
 REDACTED = "***"
@@ -77,11 +77,11 @@ def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 
 
 #: One encoder for every JSON line (``json.dumps(..., default=str)`` builds one per call).
-_JSON_ENCODER = json.JSONEncoder(default=str)
+_json_text = encoder(compact=False, default=str)
 
 
 def _json_line(event_dict: Any, **_kw: Any) -> str:
-    return _JSON_ENCODER.encode(event_dict)
+    return _json_text(event_dict)
 
 
 def configure_logging(mode: Literal["json", "console"] = "console", *,

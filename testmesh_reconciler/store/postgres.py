@@ -46,9 +46,9 @@ from testmesh_reconciler.store.records import (
 )
 from testmesh_reconciler.store.sqlite import migrations
 from testmesh_reconciler.store.tables import (
-    JSON_ENCODER,
     Kind,
     Table,
+    json_dumps,
     page_sql,
     run_values,
     strip_report,
@@ -89,7 +89,7 @@ def _now(value: datetime) -> datetime:
 
 
 def _json(value: Any) -> Json:
-    return Json(value, dumps=JSON_ENCODER.encode)
+    return Json(value, dumps=json_dumps)
 
 
 def _encode(kind: Kind, value: Any) -> Any:

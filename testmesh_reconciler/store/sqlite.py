@@ -52,9 +52,9 @@ from testmesh_reconciler.store.records import (
     RunId,
 )
 from testmesh_reconciler.store.tables import (
-    JSON_ENCODER,
     Kind,
     Table,
+    json_dumps,
     page_sql,
     run_values,
     strip_report,
@@ -86,7 +86,7 @@ def from_us(value: int) -> datetime:
 
 
 def _dumps(value: Any) -> str:
-    return JSON_ENCODER.encode(value)
+    return json_dumps(value)
 
 
 def _encode(kind: Kind, value: Any) -> Any:

@@ -7,12 +7,12 @@ INTEGER microseconds on SQLite and ``timestamptz`` on PostgreSQL, JSON is text o
 
 from __future__ import annotations
 
-import json
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Literal, TypeVar
 
+from testmesh_reconciler.jsontext import encoder
 from testmesh_reconciler.store.records import (
     Delivery,
     EnvironmentInstance,
@@ -43,7 +43,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default)
+#: Compact JSON text, non-ASCII kept, config maps and sets allowed (one C encoder for all).
+json_dumps = encoder(ensure_ascii=False, default=_json_default)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ stored in one transaction (dedup, queue cap, supersede) before the 202 (DESIGN.m
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any, Final, cast
@@ -19,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from testmesh_reconciler.config.model import Integration, Snapshot
 from testmesh_reconciler.dispatcher import Dispatcher, target_json
 from testmesh_reconciler.errors import WebhookRejected
+from testmesh_reconciler.jsontext import encoder
 from testmesh_reconciler.log import get_logger
 from testmesh_reconciler.matching import Match, explain_no_match, match
 from testmesh_reconciler.store.base import Store
@@ -43,7 +43,7 @@ from testmesh_reconciler.webhooks.common import (
 )
 
 log = get_logger("testmesh.web.webhooks")
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_dumps = encoder()
 
 #: The dispatcher of this app (set by ``dispatch_ext.extension``); woken on every enqueue.
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
