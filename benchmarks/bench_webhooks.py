@@ -392,6 +392,9 @@ def main() -> int:
                 low, high = ratio["range"]
                 print(f"{path:<10} {label} / adnanh/webhook: {ratio['median']:.2f}x "
                       f"({low:.2f}-{high:.2f})")
+    for path in ("distinct", "duplicate"):
+        each = ", ".join(f"{r[f'testmesh_{path}']['accepted_per_s']:.0f}" for r in rounds)
+        print(f"{path:<10} ours, round by round: {each}")
     print(f"peer running a command per hook (a fork each): {command['accepted_per_s']:.0f}/s, "
           f"p99 {command['p99_ms']:.2f} ms; ours / it: {results['ratio_command']:.2f}x")
     print(f"latest delivery stored by ours: outcome {check!r}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import queue
 import re
 import sqlite3
@@ -192,6 +193,16 @@ Outcome = tuple[asyncio.Future[Any], bool, Any]
 #: In-loop transactions between two WAL checkpoints (run by the worker thread, PASSIVE:
 #: they never block the loop's writes).
 CHECKPOINT_EVERY = 500
+#: WAL frames (pages) past which a checkpoint also starts the WAL over (``_wal_checkpoint``).
+#: Under steady writes a PASSIVE checkpoint never leaves the WAL fully copied, and SQLite
+#: starts it over only after one has: the file grew without bound, 770 MiB after 47,000
+#: webhook deliveries, and every read and write slowed down with it.
+RESTART_FRAMES = 16_384  # 64 MiB of 4 KiB pages
+#: Bytes a WAL file keeps once it starts over (``journal_size_limit``; SQLite keeps it all),
+#: and past which the loop asks for a checkpoint early; it looks every ``WAL_SIZE_EVERY``
+#: commits (a ``stat``).
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+WAL_SIZE_EVERY = 64
 
 
 class _Busy(Exception):
@@ -358,8 +369,17 @@ class SqliteStore:
                 _settle([(job.future, False, error) for job in chunk])
                 continue
             self._loop_commits += 1
-            if self._loop_commits % CHECKPOINT_EVERY == 0:
+            if self._loop_commits % CHECKPOINT_EVERY == 0 or (
+                    self._loop_commits % WAL_SIZE_EVERY == 0 and self._wal_too_big()):
                 self._checkpoint(chunk[0].loop)
+
+    def _wal_too_big(self) -> bool:
+        """Whether the WAL file has grown past ``WAL_SIZE_LIMIT`` (large groups fill it in
+        fewer than ``CHECKPOINT_EVERY`` commits)."""
+        try:
+            return os.stat(f"{self.path}-wal").st_size > WAL_SIZE_LIMIT
+        except OSError:
+            return False
 
     def _checkpoint(self, loop: asyncio.AbstractEventLoop) -> None:
         """Copy the WAL back into the database in the worker (PASSIVE: never blocks).
@@ -399,6 +419,7 @@ class SqliteStore:
             conn.execute("PRAGMA foreign_keys = ON")
             # 32 MiB of page cache (default 2 MiB): a busy store's hot index pages stay in it.
             conn.execute("PRAGMA cache_size = -32768")
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             if not autocheckpoint:
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
         except BaseException:
@@ -801,7 +822,17 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 
 def _wal_checkpoint(conn: sqlite3.Connection, tx: _Tx) -> None:
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    """Copy the WAL into the database without blocking writers; once the WAL is past
+    ``RESTART_FRAMES``, also copy what the loop appended meanwhile and start it over.
+
+    The passive pass copies up to where the WAL ended when it began, so with writes going on
+    it never leaves the WAL fully copied, which SQLite needs to start it over. The restart
+    waits for the write in progress and holds new ones off while it copies the rest (the
+    loop's writes wait in this worker meanwhile): a short pause, against a WAL that would
+    grow for as long as the writes go on."""
+    _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    if frames > RESTART_FRAMES:
+        conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
 
 def _ping(conn: sqlite3.Connection, tx: _Tx) -> bool:

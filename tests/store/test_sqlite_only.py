@@ -174,3 +174,67 @@ async def test_one_checkpoint_at_a_time(tmp_path: Path,
     finally:
         release.set()
         await store.close()
+
+
+def _wal_frames(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+
+def test_a_checkpoint_past_the_limit_starts_the_wal_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While writes go on, a passive checkpoint never leaves the WAL fully copied, so SQLite
+    never starts it over and it grows for good. A reader holding an old snapshot stands in
+    for those writes here: it pins the passive pass, then lets go while the restart waits."""
+    monkeypatch.setattr(sqlite_store, "RESTART_FRAMES", 8)
+    path = tmp_path / "wal.sqlite3"
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        return conn
+
+    writer, reader, checkpointer = connect(), connect(), connect()
+    try:
+        writer.execute("CREATE TABLE t (x TEXT)")
+        writer.executemany("INSERT INTO t VALUES (?)", [("a" * 3000,)] * 10)
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT COUNT(*) FROM t").fetchone() == (10,)  # pins it here
+        writer.executemany("INSERT INTO t VALUES (?)", [("b" * 3000,)] * 10)
+        threading.Timer(0.2, reader.commit).start()  # lets go while the restart waits
+        sqlite_store._wal_checkpoint(checkpointer, sqlite_store._Tx())
+        writer.execute("INSERT INTO t VALUES ('c')")
+        assert _wal_frames(checkpointer) <= 2  # the last write started the WAL over
+        assert writer.execute("SELECT COUNT(*) FROM t").fetchone() == (21,)
+    finally:
+        for conn in (writer, reader, checkpointer):
+            conn.close()
+
+
+async def test_a_wal_past_its_size_limit_asks_for_a_checkpoint_and_is_cut_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    limit = 64 * 1024
+    monkeypatch.setattr(sqlite_store, "WAL_SIZE_LIMIT", limit)
+    monkeypatch.setattr(sqlite_store, "WAL_SIZE_EVERY", 4)
+    monkeypatch.setattr(sqlite_store, "RESTART_FRAMES", 4)
+    calls: list[int] = []
+    real = sqlite_store._wal_checkpoint
+
+    def checkpoint(conn: sqlite3.Connection, tx: sqlite_store._Tx) -> None:
+        calls.append(1)
+        real(conn, tx)
+
+    store = await open_with_checkpoint(tmp_path, monkeypatch, checkpoint, every=10**9)
+    clock = FakeClock()
+    wal = tmp_path / "store.sqlite3-wal"
+    try:
+        for i in range(64):
+            assert await store.insert_environment(make_env(clock, context=f"pr-{i:02}" * 40))
+        await store.migrate()  # behind the checkpoints in the worker's queue
+        assert calls, "no checkpoint was asked for"
+        assert await store.insert_environment(make_env(clock, context="after"))
+        assert wal.stat().st_size <= limit
+        assert len(await store.list_environments()) == 65
+    finally:
+        await store.close()
