@@ -25,6 +25,13 @@ async def acquire(manager: EnvironmentManager, snapshot: Snapshot, name: str = "
                                  variables={**PR_VARS, **variables}, run_id=run_id)
 
 
+async def state_and_users(manager: EnvironmentManager, acquired: Acquired
+                          ) -> tuple[str, int] | None:
+    """The stored (state, users) of the acquired environment; ``None`` if it has no record."""
+    record = await manager.store.get_environment(acquired.instance_id or "")
+    return None if record is None else (record.state, record.users)
+
+
 async def test_first_sync_provisions_and_waits_through_progressing(
         manager: EnvironmentManager, snapshot: Snapshot, argocd: FakeArgoCD,
         sleeper: Sleeper) -> None:
@@ -94,15 +101,12 @@ async def test_concurrent_acquisitions_provision_once(
                                      for i in range(5)))
     assert {r.instance_id for r in results} == {results[0].instance_id}
     assert argocd.creates[APP] == 1 and argocd.syncs[APP] == 1
-    record = await manager.store.get_environment(results[0].instance_id or "")
-    assert record is not None and (record.state, record.users) == ("running", 5)
+    assert await state_and_users(manager, results[0]) == ("running", 5)
     for acquired in results[:-1]:
         await manager.release(acquired, failed=False)
-    record = await manager.store.get_environment(results[0].instance_id or "")
-    assert record is not None and (record.state, record.users) == ("running", 1)
+    assert await state_and_users(manager, results[0]) == ("running", 1)
     await manager.release(results[-1], failed=False)
-    record = await manager.store.get_environment(results[0].instance_id or "")
-    assert record is not None and (record.state, record.users) == ("warm", 0)
+    assert await state_and_users(manager, results[0]) == ("warm", 0)
 
 
 async def test_a_burst_for_one_key_costs_one_store_call(
@@ -122,16 +126,14 @@ async def test_a_burst_for_one_key_costs_one_store_call(
     first = await asyncio.gather(*(acquire(manager, snapshot, run_id=f"run-{i}")
                                    for i in range(5)))
     assert calls == [5] and manager.provisionings == 1 and argocd.creates[APP] == 1
-    record = await manager.store.get_environment(first[0].instance_id or "")
-    assert record is not None and (record.state, record.users) == ("running", 5)
+    assert await state_and_users(manager, first[0]) == ("running", 5)
     for acquired in first:
         await manager.release(acquired, failed=False)
     again = await asyncio.gather(*(acquire(manager, snapshot, run_id=f"again-{i}", sha=sha)
                                    for i, sha in enumerate(("a" * 40, "b" * 40, "c" * 40))))
     assert calls == [5, 3] and manager.provisionings == 1 and argocd.syncs[APP] == 1
     assert {a.instance_id for a in again} == {first[0].instance_id}
-    record = await manager.store.get_environment(first[0].instance_id or "")
-    assert record is not None and (record.state, record.users) == ("running", 3)
+    assert await state_and_users(manager, first[0]) == ("running", 3)
 
 
 async def test_a_run_cancelled_in_a_shared_take_keeps_no_user(
@@ -149,12 +151,10 @@ async def test_a_run_cancelled_in_a_shared_take_keeps_no_user(
     with pytest.raises(asyncio.CancelledError):
         await tasks[1]
     await manager.drain()
-    record = await manager.store.get_environment(warm.instance_id or "")
-    assert record is not None and (record.state, record.users) == ("running", 2)
+    assert await state_and_users(manager, warm) == ("running", 2)
     for acquired in kept:
         await manager.release(acquired, failed=False)
-    record = await manager.store.get_environment(warm.instance_id or "")
-    assert record is not None and (record.state, record.users) == ("warm", 0)
+    assert await state_and_users(manager, warm) == ("warm", 0)
 
 
 @pytest.mark.parametrize("when", ["before", "during", "after"])
@@ -187,12 +187,10 @@ async def test_a_cancelled_waiter_keeps_no_user(
     with pytest.raises(asyncio.CancelledError):
         await tasks[1]
     await manager.drain()
-    record = await manager.store.get_environment(kept[0].instance_id or "")
-    assert record is not None and (record.state, record.users) == ("running", 2)
+    assert await state_and_users(manager, kept[0]) == ("running", 2)
     for acquired in kept:
         await manager.release(acquired, failed=False)
-    record = await manager.store.get_environment(kept[0].instance_id or "")
-    assert record is not None and (record.state, record.users) == ("warm", 0)
+    assert await state_and_users(manager, kept[0]) == ("warm", 0)
     assert argocd.creates[APP] == 1
 
 
@@ -319,8 +317,7 @@ async def test_an_insert_racing_a_retry_is_still_provisioned(
     acquired = await acquire(manager, snapshot)
     assert argocd.creates[APP] == 1 and manager.provisionings == 1
     assert sleeper.total < 120  # polls while it provisions, not the 720 s lease
-    record = await manager.store.get_environment(acquired.instance_id or "")
-    assert record is not None and (record.state, record.users) == ("running", 1)
+    assert await state_and_users(manager, acquired) == ("running", 1)
     await manager.drain()
 
 
@@ -332,12 +329,10 @@ async def test_a_burst_on_a_new_static_key_counts_every_run_once(
                                              run_id=f"run-{i}") for i in range(4)))
     assert {r.instance_id for r in results} == {results[0].instance_id}
     assert manager.provisionings == 1 and not argocd.requests
-    record = await manager.store.get_environment(results[0].instance_id or "")
-    assert record is not None and (record.state, record.users) == ("running", 4)
+    assert await state_and_users(manager, results[0]) == ("running", 4)
     for acquired in results:
         await manager.release(acquired, failed=False)
-    record = await manager.store.get_environment(results[0].instance_id or "")
-    assert record is not None and (record.state, record.users) == ("warm", 0)
+    assert await state_and_users(manager, results[0]) == ("warm", 0)
 
 
 async def test_teardown_of_running_env_waits_for_its_run(
