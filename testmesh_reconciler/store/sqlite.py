@@ -86,10 +86,6 @@ def from_us(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
 
 
-def _dumps(value: Any) -> str:
-    return json_dumps(value)
-
-
 def _encode(kind: Kind, value: Any) -> Any:
     if kind == "v":
         return value
@@ -99,7 +95,7 @@ def _encode(kind: Kind, value: Any) -> Any:
         return 1 if value else 0
     if kind == "optjson" and value is None:
         return None
-    return _dumps(value)  # json, and both tuple kinds as a JSON array
+    return json_dumps(value)  # json, and both tuple kinds as a JSON array
 
 
 def _decode(kind: Kind, value: Any) -> Any:
@@ -193,16 +189,16 @@ Outcome = tuple[asyncio.Future[Any], bool, Any]
 #: In-loop transactions between two WAL checkpoints (run by the worker thread, PASSIVE:
 #: they never block the loop's writes).
 CHECKPOINT_EVERY = 500
-#: WAL frames (pages) past which a checkpoint also starts the WAL over (``_wal_checkpoint``).
-#: Under steady writes a PASSIVE checkpoint never leaves the WAL fully copied, and SQLite
-#: starts it over only after one has: the file grew without bound, 770 MiB after 47,000
-#: webhook deliveries, and every read and write slowed down with it.
-RESTART_FRAMES = 16_384  # 64 MiB of 4 KiB pages
-#: Bytes a WAL file keeps once it starts over (``journal_size_limit``; SQLite keeps it all),
-#: and past which the loop asks for a checkpoint early; it looks every ``WAL_SIZE_EVERY``
-#: commits (a ``stat``).
+#: WAL bytes past which a checkpoint also starts the WAL over (``_wal_checkpoint``), the
+#: loop asks for one early (it looks every ``WAL_SIZE_EVERY`` commits, a ``stat``), and to
+#: which the file is cut back once it starts over (``journal_size_limit``; SQLite keeps it
+#: all). Under steady writes a PASSIVE checkpoint never leaves the WAL fully copied, and
+#: SQLite starts it over only after one has: the file grew without bound, 770 MiB after
+#: 47,000 webhook deliveries, and every read and write slowed down with it.
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 WAL_SIZE_EVERY = 64
+#: Bytes of the WAL file's header and of each frame's header (SQLite's file format).
+_WAL_HEADER, _FRAME_HEADER = 32, 24
 
 
 class _Busy(Exception):
@@ -399,7 +395,7 @@ class SqliteStore:
         if error is not None:  # the WAL only grows until one succeeds: say so
             log.warning("wal_checkpoint_failed", path=f"{self.path}-wal", error=str(error),
                         hint=f"the file grows until a checkpoint succeeds; the next try "
-                             f"comes after {CHECKPOINT_EVERY} more commits")
+                             f"comes within {CHECKPOINT_EVERY} more commits")
 
     def _connect(self, *, busy_timeout_ms: int | None = None,
                  autocheckpoint: bool = True) -> sqlite3.Connection:
@@ -752,7 +748,7 @@ class SqliteStore:
         self, env_id: EnvironmentId, routing: Mapping[str, str], now: datetime
     ) -> EnvironmentInstance | None:
         now_us = to_us(now)
-        params = [now_us, now_us, _dumps(dict(routing)), env_id, now_us]
+        params = [now_us, now_us, json_dumps(dict(routing)), env_id, now_us]
         found = await self._call(partial(_select, ENVIRONMENTS, _TAKE_SQL, params), "write")
         return found[0] if found else None
 
@@ -770,7 +766,7 @@ class SqliteStore:
         provision: EnvironmentInstance | None = None,
     ) -> tuple[EnvironmentInstance | None, list[EnvironmentInstance]]:
         now_us = to_us(now)
-        take = [users, now_us, now_us, _dumps(dict(routing)), workspace, name, context,
+        take = [users, now_us, now_us, json_dumps(dict(routing)), workspace, name, context,
                 provider, provider_app_name, now_us, now_us]  # fmt: skip
         work = partial(_take_or_list, take, [workspace, name, context], provision)
         return await self._call(work, "write")
@@ -823,7 +819,7 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 def _wal_checkpoint(conn: sqlite3.Connection, tx: _Tx) -> None:
     """Copy the WAL into the database without blocking writers; once the WAL is past
-    ``RESTART_FRAMES``, also copy what the loop appended meanwhile and start it over.
+    ``WAL_SIZE_LIMIT``, also copy what the loop appended meanwhile and start it over.
 
     The passive pass copies up to where the WAL ended when it began, so with writes going on
     it never leaves the WAL fully copied, which SQLite needs to start it over. The restart
@@ -831,7 +827,8 @@ def _wal_checkpoint(conn: sqlite3.Connection, tx: _Tx) -> None:
     loop's writes wait in this worker meanwhile): a short pause, against a WAL that would
     grow for as long as the writes go on."""
     _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    if frames > RESTART_FRAMES:
+    (page,) = conn.execute("PRAGMA page_size").fetchone()
+    if _WAL_HEADER + frames * (_FRAME_HEADER + page) > WAL_SIZE_LIMIT:  # the file's size
         conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
 
@@ -1086,13 +1083,13 @@ def _heartbeat(
 
 def _save_progress(run: Run, conn: sqlite3.Connection, tx: _Tx) -> bool:
     values = (
-        _dumps(run.flows),
+        json_dumps(run.flows),
         run.total_flows,
         run.passed_flows,
         run.failed_flows,
         run.environment,
         run.environment_instance,
-        _dumps(strip_report(run.status_report)),
+        json_dumps(strip_report(run.status_report)),
         _encode("optjson", run.report_target),
         run.id,
         run.claimed_by,
@@ -1117,9 +1114,9 @@ def _finish_run(
         run.passed_flows,
         run.failed_flows,
         run.error,
-        _dumps(strip_report(run.status_report)),
+        json_dumps(strip_report(run.status_report)),
         _encode("optjson", run.report_target),
-        _dumps(run.flows),
+        json_dumps(run.flows),
         run.environment,
         run.environment_instance,
         1 if run.started else 0,

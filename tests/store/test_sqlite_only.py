@@ -146,7 +146,7 @@ async def test_a_failed_checkpoint_is_logged_and_the_next_one_runs(
         assert len(failed) == 1 and failed[0]["log_level"] == "warning"
         assert failed[0]["error"] == "disk I/O error"
         assert failed[0]["path"] == f"{tmp_path / 'store.sqlite3'}-wal"
-        assert "after 2 more commits" in failed[0]["hint"]
+        assert "within 2 more commits" in failed[0]["hint"]
     finally:
         await store.close()
 
@@ -185,7 +185,7 @@ def test_a_checkpoint_past_the_limit_starts_the_wal_over(
     """While writes go on, a passive checkpoint never leaves the WAL fully copied, so SQLite
     never starts it over and it grows for good. A reader holding an old snapshot stands in
     for those writes here: it pins the passive pass, then lets go while the restart waits."""
-    monkeypatch.setattr(sqlite_store, "RESTART_FRAMES", 8)
+    monkeypatch.setattr(sqlite_store, "WAL_SIZE_LIMIT", 32 * 1024)  # 8 frames of 4 KiB
     path = tmp_path / "wal.sqlite3"
 
     def connect() -> sqlite3.Connection:
@@ -217,7 +217,6 @@ async def test_a_wal_past_its_size_limit_asks_for_a_checkpoint_and_is_cut_back(
     limit = 64 * 1024
     monkeypatch.setattr(sqlite_store, "WAL_SIZE_LIMIT", limit)
     monkeypatch.setattr(sqlite_store, "WAL_SIZE_EVERY", 4)
-    monkeypatch.setattr(sqlite_store, "RESTART_FRAMES", 4)
     calls: list[int] = []
     real = sqlite_store._wal_checkpoint
 
