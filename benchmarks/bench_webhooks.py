@@ -289,19 +289,16 @@ def summarize(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
     out: dict[str, Any] = {"rounds": rounds}
     for key in rounds[0]:
         runs = [r[key] for r in rounds]
+        rates = [run["accepted_per_s"] for run in runs]
         out[key] = {field: _median([run[field] for run in runs])
                     for field in ("accepted_per_s", "p50_ms", "p99_ms", "non_2xx", "requests")}
-        out[key]["accepted_per_s_range"] = [min(r["accepted_per_s"] for r in runs),
-                                            max(r["accepted_per_s"] for r in runs)]
-    for key in rounds[0]:
-        path = "distinct" if key.endswith("_distinct") else "duplicate"
-        server = key[: -len(path) - 1]
-        peer = f"webhook_{path}"
-        if server == "webhook" or peer not in rounds[0]:
-            continue
-        ratios = [r[key]["accepted_per_s"] / max(r[peer]["accepted_per_s"], 1e-9)
-                  for r in rounds]
-        out[f"ratio_{key}"] = {"median": _median(ratios), "range": [min(ratios), max(ratios)]}
+        out[key]["accepted_per_s_range"] = [min(rates), max(rates)]
+        server, _, path = key.rpartition("_")
+        if server != "webhook":
+            peer = [r[f"webhook_{path}"]["accepted_per_s"] for r in rounds]
+            ratios = [ours / max(theirs, 1e-9) for ours, theirs in zip(rates, peer, strict=True)]
+            out[f"ratio_{key}"] = {"median": _median(ratios),
+                                   "range": [min(ratios), max(ratios)]}
     return out
 
 
