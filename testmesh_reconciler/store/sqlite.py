@@ -924,11 +924,6 @@ _SUPERSEDE_SQL = (
     "UPDATE runs SET status = 'cancelled', error = ?, completed_at = ? "
     "WHERE id = ? AND status = 'pending'"
 )
-#: Supersede in one statement (when the queue cap does not depend on how many it cancels).
-_SUPERSEDE_RETURNING_SQL = (
-    "UPDATE runs INDEXED BY runs_by_serial_key SET status = 'cancelled', error = ?, "
-    f"completed_at = ? WHERE {_SUPERSEDABLE} RETURNING id, queued_at"
-)
 
 
 def _superseded_reason(new: Run) -> str:
@@ -967,34 +962,26 @@ def _record_delivery(
 
     queued = tx.pending(conn)
     run_ids = tuple(r.id for r in runs)
-    superseded: list[RunId] = []
-    if queued + len(runs) > max_queued:
-        # Near the cap: whether the delivery fits depends on what it supersedes.
-        pairs: list[tuple[RunId, Run]] = []
-        for run in runs:
-            if run.serial_key:
-                params = (run.serial_key, to_us(run.queued_at))
-                for (old_id,) in conn.execute(_SUPERSEDABLE_SQL, params).fetchall():
-                    pairs.append((old_id, run))
-        if queued - len(pairs) + len(runs) > max_queued:
-            stored = replace(
-                delivery, outcome="rejected", reason="queue full", runs=(), http_status=429
-            )
-            conn.execute(DELIVERIES.insert, DELIVERIES.values(stored))
-            return RecordResult(delivery=stored, rejected="queue full")
-        stored = _insert_accepted(delivery, run_ids, window_start_us, conn)
-        for old_id, new in pairs:
-            conn.execute(_SUPERSEDE_SQL, (_superseded_reason(new), to_us(new.queued_at), old_id))
-            superseded.append(old_id)
-    else:
-        stored = _insert_accepted(delivery, run_ids, window_start_us, conn)
-        for run in runs:  # before the new runs are inserted: they must not cancel themselves
-            if run.serial_key:
-                queued_us = to_us(run.queued_at)
-                params2 = (_superseded_reason(run), queued_us, run.serial_key, queued_us)
-                rows = conn.execute(_SUPERSEDE_RETURNING_SQL, params2).fetchall()
-                rows.sort(key=lambda r: (r[1], r[0]))
-                superseded.extend(old_id for old_id, _ in rows)
+    # Queued runs each new one supersedes, found before the new runs are inserted (they must
+    # not cancel themselves): whether the delivery fits under the cap depends on them. A
+    # SELECT then an UPDATE by id costs less than one UPDATE ... RETURNING over the index
+    # whose columns it changes (SQLite then collects the rows in a temporary table first).
+    pairs: list[tuple[RunId, Run]] = []
+    for run in runs:
+        if run.serial_key:
+            params = (run.serial_key, to_us(run.queued_at))
+            for (old_id,) in conn.execute(_SUPERSEDABLE_SQL, params).fetchall():
+                pairs.append((old_id, run))
+    if queued - len(pairs) + len(runs) > max_queued:
+        stored = replace(
+            delivery, outcome="rejected", reason="queue full", runs=(), http_status=429
+        )
+        conn.execute(DELIVERIES.insert, DELIVERIES.values(stored))
+        return RecordResult(delivery=stored, rejected="queue full")
+    stored = _insert_accepted(delivery, run_ids, window_start_us, conn)
+    superseded = [old_id for old_id, _ in pairs]
+    for old_id, new in pairs:
+        conn.execute(_SUPERSEDE_SQL, (_superseded_reason(new), to_us(new.queued_at), old_id))
     values = [
         _run_values(
             r, status="pending", claimed_by=None, lease_until=None, delivery_id=delivery.id
