@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from testmesh_reconciler.config.frozen import FrozenDict
 from testmesh_reconciler.config.model import Snapshot
 from testmesh_reconciler.environments import Acquired, EnvironmentManager, EnvironmentUnavailable
 from testmesh_reconciler.store import EnvironmentInstance, FakeClock
@@ -262,9 +263,10 @@ async def test_renderings_follow_a_changed_declaration(
     first = await acquire(manager, snapshot)
     await manager.release(first, failed=False)
     declared = snapshot.environments[("default", "review")]
-    changed = replace(declared, routing_policy={"user-service": "http://new-${pr_number}"})
-    reloaded = replace(snapshot, environments={**snapshot.environments,
-                                               ("default", "review"): changed})
+    changed = replace(declared, routing_policy=FrozenDict(
+        {"user-service": "http://new-${pr_number}"}))
+    reloaded = replace(snapshot, environments=FrozenDict(
+        {**snapshot.environments, ("default", "review"): changed}))
     second = await acquire(manager, reloaded, run_id="run-2")
     assert second.instance_id == first.instance_id
     assert second.routing == {"user-service": "http://new-7"}
