@@ -17,7 +17,7 @@ import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import kubernetes_validate
@@ -95,7 +95,9 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def argocd_swagger(shared_dir: Path) -> dict[str, Any]:
-    return json.loads((shared_dir / "contracts" / "argocd" / "swagger.json").read_text())
+    swagger: dict[str, Any] = json.loads(
+        (shared_dir / "contracts" / "argocd" / "swagger.json").read_text())
+    return swagger
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +201,7 @@ def main_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     deployment = one(docs, "Deployment")
     spec = deployment["spec"]["template"]["spec"]
     (container,) = [c for c in spec["containers"] if c["name"] == "testmesh-reconciler"]
-    return container
+    return cast(dict[str, Any], container)
 
 
 def resolve_port(container: dict[str, Any], port: int | str) -> int:

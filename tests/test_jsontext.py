@@ -23,7 +23,8 @@ def test_same_text_as_json_encoder(options: dict[str, bool], value: Any) -> None
     separators = (",", ":") if options["compact"] else (", ", ": ")
     expected = json.JSONEncoder(separators=separators,
                                 ensure_ascii=options["ensure_ascii"]).encode(value)
-    assert encoder(**options)(value) == expected
+    assert encoder(compact=options["compact"],
+                   ensure_ascii=options["ensure_ascii"])(value) == expected
 
 
 def test_default_turns_other_values_into_json() -> None:

@@ -106,7 +106,7 @@ def test_plain_directory_is_watched(tmp_path: Path, start_daemon: StartDaemon) -
     (root / "more.yaml").write_text(flow("two"))
 
     def two_flows() -> bool:
-        return daemon.status()["counts"]["Flow"] == 2
+        return bool(daemon.status()["counts"]["Flow"] == 2)
 
     daemon.wait_for(two_flows, "the watched change")
     assert daemon.stop() == 0

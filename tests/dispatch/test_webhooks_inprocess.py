@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -152,7 +152,7 @@ async def test_argocd_body_shapes_and_paths(env: Env, path: str, shape: str) -> 
     sha = {"flat": "a", "flat_app": "b", "application": "c"}[shape] * 40
     body = {"flat": argocd_flat(revision=sha), "flat_app": argocd_flat_app(revision=sha),
             "application": argocd_application(revision=sha)}[shape]
-    style = "bearer" if shape == "flat_app" else "x-testmesh"
+    style: Literal["x-testmesh", "bearer"] = "bearer" if shape == "flat_app" else "x-testmesh"
     resp = await env.client.post(path, data=body,
                                  headers=argocd_headers(ARGO_SECRET, style, content_type=None))
     answer = await resp.json()

@@ -226,7 +226,8 @@ def start_replicas(start_daemon: Callable[..., Daemon], pg_dsn: str,
                 "--config-webhook-secret", CONFIG_HOOK, *flags,
                 env={"TESTMESH_REPLICA": f"r{i}"}))
         for daemon in daemons:
-            daemon.wait_for(lambda d=daemon: d.get("/readyz").status_code == 200, "readyz", 30)
+            daemon.wait_for(lambda: daemon.get("/readyz").status_code == 200,  # noqa: B023
+                            "readyz", 30)  # (called before the loop moves on)
         return Cluster(daemons, pg_dsn, [f"r{i}" for i in range(1, n + 1)])
 
     return start

@@ -17,6 +17,7 @@ import pytest
 from testmesh_reconciler.environments import EnvironmentManager
 from testmesh_reconciler.store import FakeClock
 from testmesh_reconciler.store.postgres import PostgresStore
+from tests.daemon.repo import ConfigRepo
 from tests.environments.conftest import PR_VARS, TOKEN, Sleeper, load_snapshot
 from tests.testing.fake_argocd import FakeArgoCD
 
@@ -25,7 +26,6 @@ from .conftest import (
     QUICK_REPO,
     SLOW_REPO,
     Cluster,
-    ConfigRepo,
     Services,
     StartReplicas,
     push,

@@ -694,8 +694,9 @@ async def test_take_or_list_finds_and_takes_in_one_update(store: Store,
     assert (await take()).users == 3  # type: ignore[union-attr]
 
     # Idle again: within its TTL it is taken, at exactly last_used_at + TTL it is not.
-    idle = replace(await store.get_environment(env.id), state="warm", users=0,  # type: ignore[arg-type]
-                   last_used_at=clock.now())  # fmt: skip
+    stored = await store.get_environment(env.id)
+    assert stored is not None
+    idle = replace(stored, state="warm", users=0, last_used_at=clock.now())
     assert await store.update_environment(idle)
     clock.advance(3599)
     assert (await take()).users == 1  # type: ignore[union-attr]

@@ -43,7 +43,7 @@ _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
-@_FORMATS.checks("date-time", raises=ValueError)
+@_FORMATS.checks("date-time", raises=ValueError)  # type: ignore[untyped-decorator]
 def _is_date_time(value: object) -> bool:
     if not isinstance(value, str):
         return True
