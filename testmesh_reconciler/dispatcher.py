@@ -71,6 +71,9 @@ class EnvironmentAcquirer(Protocol):
 
     async def release(self, acquired: Any, *, failed: bool) -> None: ...
 
+    async def release_recovered(self, instance_id: str, *, run_id: str) -> None:
+        """Give back what a recovered run held (its executor is gone: it never will)."""
+
 
 class Reporting(Protocol):
     """The pure commit-status functions of ``testmesh_reconciler.reporting``."""
@@ -118,6 +121,9 @@ class StaticEnvironments:
         return StaticAcquired(name=name, routing=dict(rendered.routing))
 
     async def release(self, acquired: Any, *, failed: bool) -> None:
+        return None
+
+    async def release_recovered(self, instance_id: str, *, run_id: str) -> None:
         return None
 
 
@@ -279,6 +285,8 @@ class Dispatcher:
         self._active: dict[RunId, _Active] = {}
         self._ready = asyncio.Event()
         self._own_http: httpx.AsyncClient | None = None
+        #: Environments recovered runs held that could not be given back yet (run, instance).
+        self._unreleased: list[tuple[RunId, str]] = []
 
     # -- signals from outside -------------------------------------------------------------
     def wake(self) -> None:
@@ -355,6 +363,17 @@ class Dispatcher:
                 self.metrics.runs.labels("failed").inc()
         if result.requeued:
             log.info("runs_requeued", count=len(result.requeued), startup=startup)
+        # Recovery hands each environment over once: one that cannot be given back now is
+        # tried again at the next pass (every --run-lease seconds), not dropped.
+        handed, self._unreleased = [*self._unreleased, *result.environments], []
+        for run_id, instance in handed:
+            try:
+                await self.environments.release_recovered(instance, run_id=run_id)
+            except Exception as exc:  # one environment's trouble must not stop the others
+                log.warning("run_environment_release_failed", run_id=run_id,
+                            instance=instance, error=str(exc), startup=startup,
+                            retry_in_seconds=self.settings.run_lease)
+                self._unreleased.append((run_id, instance))
 
     async def claim_available(self) -> int:
         """Claim runs while slots are free; how many were started."""
@@ -422,6 +441,8 @@ class Dispatcher:
         trigger_type = run.trigger_type
         routing: Mapping[str, str] = {}
         acquired: Any = None
+        instance: str | None = None
+        recorded = False  # the run's record names the environment instance it holds
         if run.environment:
             try:
                 acquired = await self.environments.acquire(
@@ -442,6 +463,10 @@ class Dispatcher:
                 observer.run = run
         failed = True
         try:
+            if instance:
+                # Stored before any step: should this daemon die now, recovery knows what
+                # the run held and gives it back (else the environment kept a user for good).
+                recorded = await self.store.save_progress(run)
             result = await run_suite(
                 snapshot, suite, run_id=run.id, client=self._client(), trigger_type=trigger_type,
                 trigger=run.trigger, trigger_ref=run.trigger_ref, variables=run.variables,
@@ -449,12 +474,26 @@ class Dispatcher:
                 clock=RunnerClock(self.clock), observer=observer, cancel=cancel)
             failed = result.status != "completed"
         finally:
-            if acquired is not None:
+            if acquired is not None and not (recorded and await self._claim_lost(run)):
                 try:
                     await self.environments.release(acquired, failed=failed)
                 except Exception:
                     bound.exception("run_environment_release_failed")
         return apply_result(run, result, started=observer.started)
+
+    async def _claim_lost(self, run: Run) -> bool:
+        """Whether another replica recovered ``run`` (its lease ran out): that recovery
+        gave back the run's environment, so releasing it here too would count it twice."""
+        try:
+            held = await self.store.heartbeat(self.replica, [run.id], self.clock.now(),
+                                              self.settings.run_lease)
+        except Exception:  # the store is unreachable: release, as without recovery
+            return False
+        if run.id in held:
+            return False
+        log.warning("run_environment_left_to_recovery", run_id=run.id,
+                    instance=run.environment_instance, replica=self.replica)
+        return True
 
     def _client(self) -> httpx.AsyncClient:
         if self.http is not None:

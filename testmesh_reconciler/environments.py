@@ -880,6 +880,19 @@ class EnvironmentManager:
         if users == 0 and released.teardown_requested:
             await self.teardown(env_id)
 
+    async def release_recovered(self, instance_id: str, *, run_id: str) -> None:
+        """``release`` for a run that recovery finished or requeued: its executor died (or
+        lost its claim) while it held ``instance_id``. Recovery reports each such run once,
+        in the transaction that recovers it, so the user is given back once."""
+        record = await self.store.get_environment(EnvironmentId(instance_id))
+        if record is None or record.state == "destroyed":
+            return
+        context = None if record.context.startswith(RUN_CONTEXT_PREFIX) else record.context
+        _log.info("environment_released_for_recovered_run", instance=instance_id,
+                  run_id=run_id, users=record.users)
+        await self.release(Acquired(record.id, dict(record.routing), record.name, context),
+                           failed=True)
+
     async def teardown(self, instance_id: str, *, wait: float | None = None,
                        if_expired_at: datetime | None = None) -> EnvironmentInstance | None:
         """Delete the environment's Argo CD app (cascade) and mark the record ``destroyed``.

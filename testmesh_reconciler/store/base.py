@@ -122,7 +122,8 @@ class Store(Protocol):
     ) -> RecoveryResult:
         """Release runs whose lease expired (or, at start-up, claimed by ``replica``).
 
-        Started ones become ``failed`` (interrupted), the others ``pending`` again.
+        Started ones become ``failed`` (interrupted), the others ``pending`` again; the
+        environments either held are in the result's ``environments``, to give back.
         ``outbox_for``, when given, runs inside the transaction for each interrupted run.
         """
 

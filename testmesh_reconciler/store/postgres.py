@@ -560,20 +560,25 @@ class PostgresStore:
             )
             interrupted: list[Run] = []
             requeued: list[RunId] = []
+            environments: list[tuple[RunId, EnvironmentId]] = []
             for row in await cur.fetchall():
                 run = RUNS.load(row)
+                if run.environment_instance:
+                    environments.append((run.id, run.environment_instance))
                 if run.started:
                     failed = await _interrupt(conn, run, now, outbox_for)
                     interrupted.append(failed)
                 else:
                     await conn.execute(
                         "UPDATE runs SET status = 'pending', claimed_by = NULL, "
-                        "lease_until = NULL, started_at = NULL WHERE id = %s",
+                        "lease_until = NULL, started_at = NULL, environment_instance = NULL "
+                        "WHERE id = %s",
                         (run.id,),
                     )
                     requeued.append(run.id)
             reported = await _attach_reports(conn, interrupted)
-        return RecoveryResult(interrupted=tuple(reported), requeued=tuple(requeued))
+        return RecoveryResult(interrupted=tuple(reported), requeued=tuple(requeued),
+                              environments=tuple(environments))
 
     # -- outbox -------------------------------------------------------------------------
 

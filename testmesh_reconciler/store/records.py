@@ -340,11 +340,16 @@ class RecoveryResult:
     """Runs whose claim was lost: ``interrupted`` ones failed, ``requeued`` ones pending again.
 
     The caller posts an ``error`` status for each interrupted run that has a report target
-    (unless it passed ``outbox_for`` to enqueue them in the same transaction).
+    (unless it passed ``outbox_for`` to enqueue them in the same transaction), and gives
+    back each environment in ``environments`` (run id, environment instance id): the
+    recovered runs held them, and their executor is gone. The transaction that recovers a
+    run hands its environment over, so it is handed over once; a requeued run's
+    ``environment_instance`` is cleared, since it acquires one afresh.
     """
 
     interrupted: tuple[Run, ...] = ()
     requeued: tuple[RunId, ...] = ()
+    environments: tuple[tuple[RunId, EnvironmentId], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1159,8 +1159,11 @@ def _recover_expired(
     ).fetchall()
     interrupted: list[Run] = []
     requeued: list[RunId] = []
+    environments: list[tuple[RunId, EnvironmentId]] = []
     for row in rows:
         run = RUNS.load(row)
+        if run.environment_instance:
+            environments.append((run.id, run.environment_instance))
         if run.started:
             duration = None if run.started_at is None else (now - run.started_at) // _ONE_US // 1000
             conn.execute(
@@ -1184,13 +1187,14 @@ def _recover_expired(
         else:
             conn.execute(
                 "UPDATE runs SET status = 'pending', claimed_by = NULL, lease_until = NULL, "
-                "started_at = NULL WHERE id = ?",
+                "started_at = NULL, environment_instance = NULL WHERE id = ?",
                 (run.id,),
             )
             requeued.append(run.id)
     tx.queued = None
     return RecoveryResult(
-        interrupted=tuple(_attach_reports(conn, interrupted)), requeued=tuple(requeued)
+        interrupted=tuple(_attach_reports(conn, interrupted)), requeued=tuple(requeued),
+        environments=tuple(environments),
     )
 
 

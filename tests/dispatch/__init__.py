@@ -14,9 +14,11 @@ HOOK_ENV = {"TM_GITEA_HOOK": "gitea-hook-secret", "TM_GITEA_TOKEN": "gitea-token
             "TM_ARGO_HOOK": "argo-hook-secret"}
 
 
-def config_files(service_url: str, *, delay: float = 0.0) -> dict[str, str]:
-    """Declarations for the dispatch tests (secrets from env vars in ``HOOK_ENV``)."""
-    return {
+def config_files(service_url: str, *, delay: float = 0.0,
+                 environment: bool = False) -> dict[str, str]:
+    """Declarations for the dispatch tests (secrets from env vars in ``HOOK_ENV``); with
+    ``environment``, pushes run on a static TestEnvironment ``shared``, one per branch."""
+    files = {
         "integrations.yaml": HEAD + f"""kind: Integration
 metadata: {{name: {GITEA}}}
 spec:
@@ -59,6 +61,7 @@ spec:
   repository: acme/shop
   event_types: [push]
   suite: smoke
+  ENVIRONMENT
 ---
 """ + HEAD + f"""kind: TriggerRule
 metadata: {{name: shop-pr}}
@@ -77,3 +80,15 @@ spec:
   suite: smoke
 """,
     }
+    rules = files["rules.yaml"]
+    files["rules.yaml"] = rules.replace("  ENVIRONMENT\n", "  environment: shared\n"
+                                        if environment else "")
+    if environment:
+        files["environments.yaml"] = HEAD + f"""kind: TestEnvironment
+metadata: {{name: shared}}
+spec:
+  provider: static
+  context: "${{branch}}"
+  routing_policy: {{api: "{service_url}"}}
+"""
+    return files

@@ -27,9 +27,10 @@ GITEA_SECRET = HOOK_ENV["TM_GITEA_HOOK"]
 ARGO_SECRET = HOOK_ENV["TM_ARGO_HOOK"]
 
 
-def write_config(root: Path, service_url: str, *, delay: float = 0.0) -> Path:
+def write_config(root: Path, service_url: str, *, delay: float = 0.0,
+                 environment: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    for name, text in config_files(service_url, delay=delay).items():
+    for name, text in config_files(service_url, delay=delay, environment=environment).items():
         (root / name).write_text(text, "utf-8")
     return root
 
@@ -169,4 +170,35 @@ def test_sigkill_while_runs_are_queued_and_running_loses_nothing_and_runs_nothin
         assert final[sha]["status"] == "completed", final[sha]
     time.sleep(0.5)
     assert service.state.snapshot() == {sha: 1 for sha in shas}
+    assert again.stop() == 0
+
+
+def test_an_environment_held_by_a_run_cut_off_by_sigkill_is_given_back(
+        tmp_path: Path, start_daemon: StartDaemon, service: ThreadedService) -> None:
+    """The run is finished as interrupted after the restart, and the environment it held
+    loses that user: it goes warm and ages out with its TTL (before, it stayed ``running``
+    with one user for good, never reaped)."""
+    config = write_config(tmp_path / "config", service.url, delay=3.0, environment=True)
+    args = ("--config-repo", str(config), "--data-dir", str(tmp_path / "data"))
+    daemon = start_daemon(*args, env=HOOK_ENV)
+    wait_loaded(daemon)
+    resp = push(daemon, "a" * 40, "feature-x")
+    assert resp.status_code == 202, resp.text
+    (run_id,) = resp.json()["runs"]
+    daemon.wait_for(lambda: sum(service.state.snapshot().values()) >= 1, "the run started")
+
+    def environments(d: Daemon) -> list[dict[str, Any]]:
+        return list(d.get("/api/v1/test-environments").json()["items"])
+
+    (held,) = environments(daemon)
+    assert (held["context"], held["state"], held["users"]) == ("feature-x", "running", 1)
+    daemon.proc.send_signal(signal.SIGKILL)
+    daemon.proc.wait(10)
+
+    again = start_daemon(*args, env=HOOK_ENV)
+    again.wait_for(lambda: run_of(again, run_id)["status"] == "failed", "run interrupted")
+    assert run_of(again, run_id)["error"] == INTERRUPTED_ERROR
+    again.wait_for(lambda: environments(again)[0]["users"] == 0, "environment given back")
+    (released,) = environments(again)
+    assert (released["id"], released["state"]) == (held["id"], "warm")
     assert again.stop() == 0

@@ -429,6 +429,31 @@ async def test_lease_expiry_recovery(store: Store, clock: FakeClock) -> None:
     assert reclaimed.id == idle.id
 
 
+async def test_recovery_hands_over_the_environments_runs_held(
+        store: Store, clock: FakeClock) -> None:
+    """Each recovered run's environment is reported once, for the caller to give back; a
+    requeued run forgets it (it acquires afresh), an interrupted one keeps it on record."""
+    started = await queue_run(store, clock, serial_key="A")
+    waiting = await queue_run(store, clock, serial_key="B")
+    bare = await queue_run(store, clock, serial_key="C")
+    claimed = [await store.claim_run("r1", clock.now(), 30) for _ in range(3)]
+    by_id = {run.id: run for run in claimed if run is not None}
+    assert set(by_id) == {started.id, waiting.id, bare.id}
+    for run, instance in ((started, "env-1"), (waiting, "env-2")):
+        held = replace(by_id[run.id], environment_instance=EnvironmentId(instance))
+        assert await store.save_progress(held)
+    await store.mark_started(started.id, clock.now())
+
+    clock.advance(31)
+    result = await store.recover_expired(clock.now())
+    assert sorted(result.environments) == sorted([(started.id, "env-1"), (waiting.id, "env-2")])
+    assert [r.environment_instance for r in result.interrupted] == ["env-1"]
+    requeued = await store.get_run(waiting.id)
+    assert requeued is not None
+    assert (requeued.status, requeued.environment_instance) == ("pending", None)
+    assert (await store.recover_expired(clock.now())).environments == ()  # once only
+
+
 async def test_startup_recovery_of_own_claims(store: Store, clock: FakeClock) -> None:
     mine = await queue_run(store, clock, serial_key="A")
     theirs = await queue_run(store, clock, serial_key="B")
