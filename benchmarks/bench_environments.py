@@ -130,7 +130,7 @@ async def bench(records: int, runs: int, log_info: bool = False) -> dict[str, An
         await asyncio.sleep(0)
 
     argo_time: dict[str, float] = {}
-    real_ensure = environments.ensure_ready
+    real_ensure = environments.ensure_ready  # type: ignore[attr-defined]
 
     async def timed_ensure(client: Any, **kwargs: Any) -> Any:  # time inside Argo CD
         start = time.perf_counter()
@@ -139,7 +139,7 @@ async def bench(records: int, runs: int, log_info: bool = False) -> dict[str, An
         finally:
             argo_time[kwargs["app_name"]] = time.perf_counter() - start
 
-    environments.ensure_ready = timed_ensure  # type: ignore[assignment]
+    environments.ensure_ready = timed_ensure  # type: ignore[attr-defined]
     snapshot = load_snapshot(base_url)
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(Path(tmp) / "bench.sqlite3")
@@ -180,7 +180,7 @@ async def bench(records: int, runs: int, log_info: bool = False) -> dict[str, An
                      for _ in range(200)]
         await store.close()
     counters = await argo.stop()
-    environments.ensure_ready = real_ensure
+    environments.ensure_ready = real_ensure  # type: ignore[attr-defined]
     creates = counters["creates"]
     return {
             "records": records, "runs": runs, "contexts": CONTEXTS,

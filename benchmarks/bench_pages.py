@@ -33,6 +33,7 @@ from testmesh_reconciler.store import (
     Store,
     new_id,
 )
+from testmesh_reconciler.store.records import DeliverySource
 from tests.web import (
     SHA,
     WINDOW_START,
@@ -55,7 +56,7 @@ async def bulk(store: Store, clock: FakeClock, runs: int, deliveries: int) -> No
     async def one(i: int) -> None:
         at = start + timedelta(seconds=30 * i)
         accepted = i % 5 != 4
-        source = "argocd" if i % 2 else "gitea"
+        source: DeliverySource = "argocd" if i % 2 else "gitea"
         delivery = Delivery(
             id=DeliveryId(new_id()), source=source, workspace="default",
             integration="argocd-staging" if source == "argocd" else "gitea-internal",

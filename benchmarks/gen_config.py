@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 HEAD = "apiVersion: testmesh.io/v1alpha1\n"
@@ -124,7 +125,8 @@ def generate(root: Path, declarations: int, layout: str) -> int:
     n = declarations - 2
     n_flows, n_suites, n_envs = n // 5, n // 5, n // 10
     n_rules = n - n_flows - n_suites - n_envs
-    kinds = [("flows", flow, n_flows, {}), ("suites", suite, n_suites, {"flows": n_flows}),
+    kinds: list[tuple[str, Callable[..., str], int, dict[str, int]]] = [
+        ("flows", flow, n_flows, {}), ("suites", suite, n_suites, {"flows": n_flows}),
              ("rules", rule, n_rules, {"suites": n_suites}), ("environments", environment,
                                                               n_envs, {})]
     for folder, make, count, kw in kinds:

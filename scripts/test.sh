@@ -22,5 +22,6 @@ python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 echo "== ruff";         python3 -m ruff check .
 echo "== mypy";         python3 -m mypy
+echo "== mypy (benchmarks)"; python3 -m mypy benchmarks  # scripts, not a package
 echo "== import-linter"; lint-imports
 echo "== pytest";       python3 -m pytest -q -p no:cacheprovider "$@"
