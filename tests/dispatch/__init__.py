@@ -18,6 +18,7 @@ def config_files(service_url: str, *, delay: float = 0.0,
                  environment: bool = False) -> dict[str, str]:
     """Declarations for the dispatch tests (secrets from env vars in ``HOOK_ENV``); with
     ``environment``, pushes run on a static TestEnvironment ``shared``, one per branch."""
+    uses = "  environment: shared\n" if environment else ""
     files = {
         "integrations.yaml": HEAD + f"""kind: Integration
 metadata: {{name: {GITEA}}}
@@ -61,8 +62,7 @@ spec:
   repository: acme/shop
   event_types: [push]
   suite: smoke
-  ENVIRONMENT
----
+{uses}---
 """ + HEAD + f"""kind: TriggerRule
 metadata: {{name: shop-pr}}
 spec:
@@ -80,9 +80,6 @@ spec:
   suite: smoke
 """,
     }
-    rules = files["rules.yaml"]
-    files["rules.yaml"] = rules.replace("  ENVIRONMENT\n", "  environment: shared\n"
-                                        if environment else "")
     if environment:
         files["environments.yaml"] = HEAD + f"""kind: TestEnvironment
 metadata: {{name: shared}}
