@@ -887,7 +887,10 @@ class EnvironmentManager:
         record = await self.store.get_environment(EnvironmentId(instance_id))
         if record is None or record.state == "destroyed":
             return
-        context = None if record.context.startswith(RUN_CONTEXT_PREFIX) else record.context
+        # The run's own context (``_target``) marks a per-run environment, released to
+        # ``cooling`` as ``release`` does; a declared context may start with "run:" too.
+        own = record.context == f"{RUN_CONTEXT_PREFIX}{run_id}"
+        context = None if own else record.context
         _log.info("environment_released_for_recovered_run", instance=instance_id,
                   run_id=run_id, users=record.users)
         await self.release(Acquired(record.id, dict(record.routing), record.name, context),

@@ -288,6 +288,19 @@ async def test_without_context_each_run_gets_its_own(
     assert argocd.deletes["adhoc-0123456"] == 1
 
 
+async def test_a_recovered_run_gives_back_as_its_own_release_would(
+        manager: EnvironmentManager, snapshot: Snapshot, argocd: FakeArgoCD) -> None:
+    """``release_recovered`` (the run's executor is gone) leaves a per-run environment
+    ``cooling`` and a context's ``warm``, as ``release`` does."""
+    own = await acquire(manager, snapshot, name="adhoc", run_id="run-1")
+    shared = await acquire(manager, snapshot, run_id="run-1")
+    for acquired in (own, shared):
+        assert await state_and_users(manager, acquired) == ("running", 1)
+        await manager.release_recovered(acquired.instance_id or "", run_id="run-1")
+    assert await state_and_users(manager, own) == ("cooling", 0)
+    assert await state_and_users(manager, shared) == ("warm", 0)
+
+
 async def test_static_needs_no_provisioning(manager: EnvironmentManager, snapshot: Snapshot,
                                             argocd: FakeArgoCD, clock: FakeClock) -> None:
     acquired = await acquire(manager, snapshot, name="staging")
