@@ -5,11 +5,9 @@ given back exactly once, by the recovery, never again by the executor that lost 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from testmesh_reconciler.dispatcher import Dispatcher
 from testmesh_reconciler.environments import EnvironmentManager
@@ -19,16 +17,10 @@ from testmesh_reconciler.store.records import INTERRUPTED_ERROR
 from tests.webhooks import load_snapshot
 
 from . import ARGOCD, GITEA, config_files
-from .service import Service, serve
+from .service import Service
 from .test_webhooks_inprocess import settings_for
 
 LEASE = 30
-
-
-@pytest.fixture
-async def service() -> AsyncIterator[Service]:
-    async with serve(gated=True) as svc:
-        yield svc
 
 
 async def test_a_lost_claim_gives_its_environment_back_once(

@@ -35,7 +35,7 @@ from tests.testing.webhook_payloads import (
 from tests.webhooks import load_snapshot
 
 from . import ARGOCD, GITEA, config_files
-from .service import Service, serve
+from .service import Service
 
 GITEA_SECRET = "gitea-hook-secret"
 ARGO_SECRET = "argo-hook-secret"
@@ -93,12 +93,6 @@ async def start(tmp_path: Path, service: Service, *, loaded: bool = True,
     client: Client = TestClient(TestServer(app))
     await client.start_server()
     return Env(client, service, store, state), client.close
-
-
-@pytest.fixture
-async def service() -> AsyncIterator[Service]:
-    async with serve(gated=True) as svc:
-        yield svc
 
 
 @pytest.fixture
